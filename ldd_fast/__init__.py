@@ -1,0 +1,15 @@
+"""ldd-fast: learned time discretisations (LD3) and compiled low-NFE samplers for diffusion models."""
+from .noise import EDM, NoiseSchedule, VPCosine, VPDiscrete, VPLinear
+from .denoiser import Affine, Denoiser
+from .schedule import Schedule, ScheduleError, discretize
+from .plan import Plan
+from .solvers import SOLVERS, make_plan
+from .sample import IncompatibleSchedule, plan_for, run_plan, sample
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EDM", "VPLinear", "VPCosine", "VPDiscrete", "NoiseSchedule",
+    "Denoiser", "Affine", "Schedule", "ScheduleError", "discretize",
+    "Plan", "SOLVERS", "make_plan", "sample", "plan_for", "run_plan", "IncompatibleSchedule",
+]

@@ -1,0 +1,248 @@
+"""One model contract: D(x, t, cond) -> x0 estimate. Model types are adapted here and nowhere else.
+
+A network predicts eps, x0, v or is the raw network F of an EDM-preconditioned
+denoiser. All four turn into x0 by an affine map of (x, network output) whose
+coefficients depend only on t:
+
+    net_in = c_in(t) * x                       (EDM preconditioning only)
+    raw    = net(net_in, t_net(t), cond)       (cond and null cond batched for guidance)
+    x0     = a(t) * x + sum_k b_k(t) * raw_k   (raw_k: the cond / uncond halves)
+
+`Denoiser.affine(t)` exposes (c_in, a, b) so that a Plan can fold them into its
+linear maps; every conversion is evaluated at the network time t. Guidance is
+classifier-free guidance on the network output (Ho & Salimans 2022):
+raw = raw_u + w (raw_c - raw_u), so b = (w b_0, (1 - w) b_0).
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from typing import Callable, NamedTuple
+
+import torch
+from torch import nn
+
+from .noise import EDM, NoiseSchedule, VPDiscrete, as_time
+
+PREDICTIONS = ("eps", "x0", "v", "edm")
+TIME_INPUTS = ("t", "index", "sigma", "edm")
+
+
+class Affine(NamedTuple):
+    """x0 = a * x + sum_k b[k] * raw[k], with the network fed c_in * x (c_in None: fed x).
+
+    a is None when x0 does not depend on x directly (x0 prediction).
+    """
+    c_in: torch.Tensor | None
+    a: torch.Tensor | None
+    b: tuple[torch.Tensor, ...]
+
+    def to(self, device, dtype) -> "Affine":
+        def cast(v):
+            return None if v is None else v.to(device=device, dtype=dtype)
+        return Affine(cast(self.c_in), cast(self.a), tuple(cast(v) for v in self.b))
+
+
+def _accepts_cond(net) -> bool:
+    fn = net.forward if isinstance(net, nn.Module) else net
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+class Denoiser(nn.Module):
+    """Wraps a network as the x0 estimate D(x, t, cond) under a noise schedule.
+
+    Args:
+        net: callable net(x, t_net) or net(x, t_net, cond) -> tensor of x's shape.
+        noise: the noise schedule the network was trained with.
+        prediction: "eps" | "x0" | "v" | "edm" (net is the raw F of EDM's preconditioning,
+            Karras et al. 2022, Table 1, with sigma = sigma(t) / alpha(t) and x / alpha).
+        time_input: what the network receives as time: "t" (continuous t), "index"
+            (VPDiscrete: the continuous index N t - 1, never rounded), "sigma"
+            (sigma / alpha), "edm" (ln(sigma / alpha) / 4), or a callable of float64 t.
+            Default: "edm" for prediction="edm", "index" for VPDiscrete, "sigma" for EDM, else "t".
+        guidance_scale: classifier-free guidance weight w (1 = no guidance); the
+            guided output is uncond + w (cond - uncond), one batched network call.
+        null_cond: the condition meaning "unconditional" (e.g. a null class label or the
+            empty-prompt embedding), for one example; required when guidance_scale != 1.
+        sigma_data: EDM's sigma_data (prediction="edm" only).
+    """
+
+    def __init__(self, net: Callable, noise: NoiseSchedule, *, prediction: str = "eps",
+                 time_input: str | Callable | None = None, guidance_scale: float = 1.0,
+                 null_cond: torch.Tensor | None = None, sigma_data: float = 0.5):
+        super().__init__()
+        if not callable(net):
+            raise TypeError(f"net must be callable, got {type(net).__name__}")
+        if not isinstance(noise, NoiseSchedule):
+            raise TypeError(f"noise must be a NoiseSchedule (lf.EDM, lf.VPLinear, ...), got {type(noise).__name__}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if time_input is None:
+            time_input = ("edm" if prediction == "edm" else "index" if isinstance(noise, VPDiscrete)
+                          else "sigma" if isinstance(noise, EDM) else "t")
+        if not callable(time_input) and time_input not in TIME_INPUTS:
+            raise ValueError(f"time_input must be one of {TIME_INPUTS} or a callable, got {time_input!r}")
+        if time_input == "index" and not isinstance(noise, VPDiscrete):
+            raise ValueError("time_input='index' needs a VPDiscrete noise schedule")
+        guidance_scale = float(guidance_scale)
+        if guidance_scale != 1.0 and null_cond is None:
+            raise ValueError("guidance_scale != 1 needs null_cond: the condition that means 'unconditional' "
+                             "(a null class label or the empty-prompt embedding); copying the conditional "
+                             "one would make guidance do nothing")
+        if sigma_data <= 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        self.net = net
+        self.noise = noise
+        self.prediction = prediction
+        self.time_input = time_input
+        self.guidance_scale = guidance_scale
+        self.null_cond = null_cond
+        self.sigma_data = float(sigma_data)
+        self._net_takes_cond = _accepts_cond(net)
+        self._fingerprint: tuple | None = None
+
+    # ----- the parts a Plan may fold in -------------------------------------------------
+
+    def time_net(self, t) -> torch.Tensor:
+        """What the network receives as its time input, float64, differentiable in t."""
+        t = as_time(t)
+        if callable(self.time_input):
+            return as_time(self.time_input(t))
+        if self.time_input == "t":
+            return t
+        if self.time_input == "index":
+            return self.noise.index(t)
+        sigma = self.noise.sigma_ve(t)
+        return sigma if self.time_input == "sigma" else torch.log(sigma) / 4.0
+
+    def guided(self, cond) -> bool:
+        return cond is not None and self.guidance_scale != 1.0
+
+    def affine(self, t, guided: bool = False) -> Affine:
+        """Coefficients turning (x, raw output) into x0 at time t, in float64."""
+        t = as_time(t)
+        alpha, sigma = self.noise.alpha(t), self.noise.sigma(t)
+        c_in = None
+        if self.prediction == "eps":
+            a, b = 1.0 / alpha, -sigma / alpha
+        elif self.prediction == "x0":
+            a, b = None, torch.ones_like(t)
+        elif self.prediction == "v":
+            norm = alpha**2 + sigma**2
+            a, b = alpha / norm, -sigma / norm
+        else:  # EDM preconditioning on x~ = x / alpha at noise level s = sigma / alpha.
+            s, sd2 = sigma / alpha, self.sigma_data**2
+            c_skip = sd2 / (s**2 + sd2)
+            c_out = s * self.sigma_data / torch.sqrt(s**2 + sd2)
+            c_in = 1.0 / torch.sqrt(s**2 + sd2) / alpha
+            a, b = c_skip / alpha, c_out
+        if guided:
+            w = self.guidance_scale
+            return Affine(c_in, a, (w * b, (1.0 - w) * b))
+        return Affine(c_in, a, (b,))
+
+    def net_call(self, x_in: torch.Tensor, t_net: torch.Tensor, cond=None) -> tuple[torch.Tensor, ...]:
+        """The network on its own input and time; with guidance, cond and null cond in one batch."""
+        batch = x_in.shape[0]
+        t_net = t_net.to(device=x_in.device, dtype=x_in.dtype if x_in.dtype == torch.float64 else torch.float32)
+        if t_net.dim() == 0:
+            t_net = t_net.expand(batch)
+        if cond is None:
+            return (self.net(x_in, t_net),) if not self._net_takes_cond else (self.net(x_in, t_net, None),)
+        if not self._net_takes_cond:
+            raise TypeError(f"cond was given but {type(self.net).__name__} takes no condition argument")
+        if not self.guided(cond):
+            return (self.net(x_in, t_net, cond),)
+        null = self._null_like(cond)
+        out = self.net(torch.cat([x_in, x_in]), torch.cat([t_net, t_net]), torch.cat([cond, null]))
+        return tuple(out.chunk(2))
+
+    def _null_like(self, cond: torch.Tensor) -> torch.Tensor:
+        null = torch.as_tensor(self.null_cond, device=cond.device)
+        if null.dtype != cond.dtype and null.is_floating_point():
+            null = null.to(cond.dtype)
+        if null.shape == cond.shape:
+            return null
+        if null.shape == cond.shape[1:]:
+            return null.expand(cond.shape)
+        raise ValueError(f"null_cond of shape {tuple(null.shape)} fits neither cond {tuple(cond.shape)} "
+                         f"nor one example {tuple(cond.shape[1:])}")
+
+    # ----- the contract -----------------------------------------------------------------
+
+    def raw(self, x: torch.Tensor, t, cond=None) -> tuple[torch.Tensor, ...]:
+        """The network's own output(s) for state x at time t (cond and uncond halves when guided)."""
+        aff = self.affine(t, self.guided(cond))
+        x_in = x if aff.c_in is None else _bcast(aff.c_in, x) * x
+        return self.net_call(x_in, self.time_net(t), cond)
+
+    def forward(self, x: torch.Tensor, t, cond=None) -> torch.Tensor:
+        """D(x, t, cond): the x0 estimate. t is a scalar or one time per sample."""
+        check_state(x)
+        t = as_time(t).to(x.device)
+        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != x.shape[0]):
+            raise ValueError(f"t must be a scalar or have one entry per sample ({x.shape[0]}), got {tuple(t.shape)}")
+        aff = self.affine(t, self.guided(cond))
+        return combine_output(x, self.raw(x, t, cond), aff)
+
+    # ----- identity ---------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """sha256 over the network's class, prediction type, noise schedule and CPU weights.
+
+        The weights are hashed as float32 on the CPU after rounding to float16 precision,
+        so casting the model to fp16 or moving it keeps the fingerprint, while any change
+        of the weights above fp16 resolution changes it. Cached until a parameter changes.
+        """
+        tensors = _state_tensors(self.net)
+        key = tuple((id(p), p._version, p.dtype, p.device) for _, p in tensors)
+        if self._fingerprint is None or self._fingerprint[0] != key:
+            h = hashlib.sha256()
+            h.update(type(self.net).__qualname__.encode())
+            h.update(self.prediction.encode())
+            h.update(json.dumps(self.noise.describe(), sort_keys=True).encode())
+            for name, p in tensors:
+                h.update(name.encode())
+                h.update(p.detach().to("cpu", torch.float16).to(torch.float32).contiguous().numpy().tobytes())
+            self._fingerprint = (key, h.hexdigest())
+        return self._fingerprint[1]
+
+    def extra_repr(self):
+        return (f"prediction={self.prediction!r}, noise={self.noise!r}, guidance_scale={self.guidance_scale}, "
+                f"time_input={self.time_input if isinstance(self.time_input, str) else 'callable'!r}")
+
+
+def _state_tensors(net) -> list[tuple[str, torch.Tensor]]:
+    if not isinstance(net, nn.Module):
+        return []
+    named = list(net.named_parameters()) + [(n, b) for n, b in net.named_buffers() if b.is_floating_point()]
+    return sorted(named, key=lambda kv: kv[0])
+
+
+def _bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A float64 coefficient (scalar or per sample) as x's dtype, broadcastable against x."""
+    c = c.to(device=x.device, dtype=x.dtype)
+    return c.view(-1, *([1] * (x.dim() - 1))) if c.dim() == 1 else c
+
+
+def combine_output(x: torch.Tensor, raw: tuple[torch.Tensor, ...], aff: Affine) -> torch.Tensor:
+    out = None if aff.a is None else _bcast(aff.a, x) * x
+    for r, b in zip(raw, aff.b):
+        term = _bcast(b, r) * r
+        out = term if out is None else out + term
+    return out
+
+
+def check_state(x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"expected a batch of samples (leading batch dimension >= 1), got shape {tuple(x.shape)}")

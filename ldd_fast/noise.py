@@ -1,0 +1,257 @@
+"""Noise schedules: x_t = alpha(t) x_0 + sigma(t) eps, in float64, differentiable in t.
+
+Every schedule exposes alpha, sigma, lambda = log(alpha / sigma) (the half
+log-SNR of DPM-Solver, Lu et al. 2022) and its inverse t(lambda), the time
+range [t_min, t_max] a sampler runs over, and the scale of the prior that
+unit-normal noise z is multiplied by. The solvers only ever see these
+functions, so every solver runs under every schedule.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+
+import torch
+
+DTYPE = torch.float64
+
+
+def as_time(t) -> torch.Tensor:
+    """Times are float64 tensors; python numbers are promoted, tensors keep their graph."""
+    if isinstance(t, torch.Tensor):
+        return t if t.dtype == DTYPE else t.to(DTYPE)
+    return torch.as_tensor(t, dtype=DTYPE)
+
+
+class NoiseSchedule:
+    """Base class. Subclasses define log_alpha, sigma-or-lambda and the inverse of lambda."""
+
+    t_min: float
+    t_max: float
+    prior_scale: float = 1.0
+
+    def log_alpha(self, t):
+        raise NotImplementedError
+
+    def alpha(self, t):
+        return torch.exp(self.log_alpha(as_time(t)))
+
+    def sigma(self, t):
+        raise NotImplementedError
+
+    def lam(self, t):
+        """lambda(t) = log(alpha / sigma), strictly decreasing in t."""
+        raise NotImplementedError
+
+    def t_of_lambda(self, lam):
+        raise NotImplementedError
+
+    def sigma_ve(self, t):
+        """sigma / alpha: the noise level of the scaled state x / alpha (EDM's sigma)."""
+        return torch.exp(-self.lam(as_time(t)))
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+    def __eq__(self, other):
+        return isinstance(other, NoiseSchedule) and self.describe() == other.describe()
+
+    def __hash__(self):
+        return hash(json.dumps(self.describe(), sort_keys=True))
+
+    def __repr__(self):
+        d = {k: v for k, v in self.describe().items() if k != "alphas_cumprod"}
+        return f"{d.pop('type')}({', '.join(f'{k}={v}' for k, v in d.items())})"
+
+    def _check_range(self):
+        if not (math.isfinite(self.t_min) and math.isfinite(self.t_max) and 0 < self.t_min < self.t_max):
+            raise ValueError(f"{type(self).__name__}: need 0 < t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}")
+
+
+class EDM(NoiseSchedule):
+    """Variance exploding in EDM's parameterisation (Karras et al. 2022): alpha = 1, sigma = t."""
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        self.t_min, self.t_max = float(sigma_min), float(sigma_max)
+        self._check_range()
+        self.prior_scale = self.t_max
+
+    def log_alpha(self, t):
+        return torch.zeros_like(as_time(t))
+
+    def sigma(self, t):
+        return as_time(t)
+
+    def lam(self, t):
+        return -torch.log(as_time(t))
+
+    def t_of_lambda(self, lam):
+        return torch.exp(-as_time(lam))
+
+    def describe(self):
+        return {"type": "EDM", "sigma_min": self.t_min, "sigma_max": self.t_max}
+
+
+class _VP(NoiseSchedule):
+    """Variance preserving: alpha^2 + sigma^2 = 1, so everything follows from log alpha."""
+
+    def sigma(self, t):
+        return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(as_time(t))))
+
+    def lam(self, t):
+        la = self.log_alpha(as_time(t))
+        return la - 0.5 * torch.log(-torch.expm1(2.0 * la))
+
+    @staticmethod
+    def _log_alpha_of_lambda(lam):
+        # alpha^2 = 1 / (1 + exp(-2 lambda)) for VP.
+        return -0.5 * torch.nn.functional.softplus(-2.0 * as_time(lam))
+
+
+class VPLinear(_VP):
+    """VP-SDE with linear beta(t) = beta_min + t (beta_max - beta_min) (Song et al. 2021)."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0):
+        if not (0 <= beta_min < beta_max):
+            raise ValueError(f"VPLinear: need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.t_min, self.t_max = float(t_min), float(t_max)
+        self._check_range()
+
+    def log_alpha(self, t):
+        t = as_time(t)
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def t_of_lambda(self, lam):
+        # Solve 0.5 (b1 - b0) t^2 + b0 t = -2 log alpha(lambda), rationalised for accuracy at small t.
+        b0, db = self.beta_min, self.beta_max - self.beta_min
+        two_l = 2.0 * db * torch.nn.functional.softplus(-2.0 * as_time(lam))
+        return two_l / (torch.sqrt(b0**2 + two_l) + b0) / db
+
+    def describe(self):
+        return {"type": "VPLinear", "beta_min": self.beta_min, "beta_max": self.beta_max,
+                "t_min": self.t_min, "t_max": self.t_max}
+
+
+class VPCosine(_VP):
+    """Cosine schedule (Nichol & Dhariwal 2021); T = 0.9946 keeps lambda(T) finite, as DPM-Solver."""
+
+    def __init__(self, s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946):
+        self.s = float(s)
+        self.t_min = float(t_min)
+        self._log_alpha_0 = math.log(math.cos(self.s / (1.0 + self.s) * math.pi / 2.0))
+        if t_max >= 1.0:
+            # alpha(1) = cos(pi / 2) = 0 exactly: zero terminal SNR.
+            warnings.warn(f"VPCosine: t_max={t_max} has zero terminal SNR (lambda = -inf); clipping t_max to 0.9946",
+                          stacklevel=2)
+            t_max = 0.9946
+        self.t_max = float(t_max)
+        self._check_range()
+
+    def log_alpha(self, t):
+        t = as_time(t)
+        return torch.log(torch.cos((t + self.s) / (1.0 + self.s) * math.pi / 2.0)) - self._log_alpha_0
+
+    def t_of_lambda(self, lam):
+        la = self._log_alpha_of_lambda(lam)
+        return 2.0 * (1.0 + self.s) / math.pi * torch.arccos(torch.exp(la + self._log_alpha_0)) - self.s
+
+    def describe(self):
+        return {"type": "VPCosine", "s": self.s, "t_min": self.t_min, "t_max": self.t_max}
+
+
+class VPDiscrete(_VP):
+    """The N-step DDPM family (DDPM, LDM, Stable Diffusion): alphas_cumprod[k] at t_k = (k + 1) / N.
+
+    log alpha is interpolated piecewise-linearly in t between the grid points, as
+    DPM-Solver's NoiseScheduleVP('discrete') does; its inverse is exact on that
+    interpolant. The network's discrete index k corresponds to t = (k + 1) / N.
+    """
+
+    def __init__(self, alphas_cumprod, t_min: float | None = None, t_max: float | None = None):
+        ac = torch.as_tensor(alphas_cumprod, dtype=DTYPE).detach().cpu().flatten()
+        if ac.numel() < 2:
+            raise ValueError("VPDiscrete: alphas_cumprod needs at least 2 entries")
+        if not torch.isfinite(ac).all() or (ac < 0).any() or (ac > 1).any():
+            raise ValueError("VPDiscrete: alphas_cumprod must be finite and within [0, 1]")
+        if not (ac[1:] < ac[:-1]).all():
+            raise ValueError("VPDiscrete: alphas_cumprod must be strictly decreasing")
+        self.alphas_cumprod = ac
+        self.N = ac.numel()
+        self._t_grid = torch.arange(1, self.N + 1, dtype=DTYPE) / self.N
+        self._log_alpha_grid = 0.5 * torch.log(ac)  # may end in -inf (zero terminal SNR)
+        self.t_min = float(self._t_grid[0]) if t_min is None else float(t_min)
+        t_max = 1.0 if t_max is None else float(t_max)
+        if ac[-1] == 0 and t_max > float(self._t_grid[-2]):
+            warnings.warn(
+                f"VPDiscrete: alphas_cumprod[-1] = 0 (zero terminal SNR); clipping t_max from {t_max} "
+                f"to the last finite grid point {float(self._t_grid[-2])}", stacklevel=2)
+            t_max = float(self._t_grid[-2])
+        self.t_max = t_max
+        self._check_range()
+        if self.t_min < float(self._t_grid[0]) or self.t_max > 1.0:
+            raise ValueError(f"VPDiscrete: [t_min, t_max] must lie within [1/N, 1] = [{1 / self.N}, 1]")
+
+    @classmethod
+    def from_betas(cls, betas, **kw):
+        betas = torch.as_tensor(betas, dtype=DTYPE)
+        return cls(torch.cumprod(1.0 - betas, 0), **kw)
+
+    @classmethod
+    def linear(cls, beta_start: float = 1e-4, beta_end: float = 0.02, num_train_timesteps: int = 1000, **kw):
+        """DDPM's linear betas (diffusers' beta_schedule='linear')."""
+        return cls.from_betas(torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=DTYPE), **kw)
+
+    @classmethod
+    def scaled_linear(cls, beta_start: float = 0.00085, beta_end: float = 0.012, num_train_timesteps: int = 1000, **kw):
+        """Stable Diffusion's betas (diffusers' beta_schedule='scaled_linear')."""
+        b = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=DTYPE) ** 2
+        return cls.from_betas(b, **kw)
+
+    @staticmethod
+    def _interp(x, xp, fp):
+        # Differentiable in x (slope of the segment), linear extrapolation at both ends.
+        idx = torch.searchsorted(xp, x.detach().contiguous()).clamp(1, xp.numel() - 1)
+        x0, x1, f0, f1 = xp[idx - 1], xp[idx], fp[idx - 1], fp[idx]
+        return f0 + (x - x0) * (f1 - f0) / (x1 - x0)
+
+    def log_alpha(self, t):
+        t = as_time(t)
+        grid, la = self._t_grid.to(t.device), self._log_alpha_grid.to(t.device)
+        return self._interp(t, grid, la)
+
+    def t_of_lambda(self, lam):
+        lam = as_time(lam)
+        neg_la = -self._log_alpha_of_lambda(lam)
+        grid, la = self._t_grid.to(lam.device), self._log_alpha_grid.to(lam.device)
+        finite = torch.isfinite(la)
+        return self._interp(neg_la, -la[finite], grid[finite])
+
+    def index(self, t):
+        """The continuous network index k = N t - 1 (integer k at t = (k + 1) / N); never rounded."""
+        return as_time(t) * self.N - 1.0
+
+    def describe(self):
+        ac = [float(a) for a in self.alphas_cumprod]
+        return {"type": "VPDiscrete", "t_min": self.t_min, "t_max": self.t_max, "alphas_cumprod": ac,
+                "sha256": hashlib.sha256(json.dumps(ac).encode()).hexdigest()[:16]}
+
+
+_TYPES = {"EDM": EDM, "VPLinear": VPLinear, "VPCosine": VPCosine, "VPDiscrete": VPDiscrete}
+
+
+def from_description(d: dict) -> NoiseSchedule:
+    """Rebuild a noise schedule from `describe()` output (as stored in a Schedule file)."""
+    if not isinstance(d, dict) or d.get("type") not in _TYPES:
+        raise ValueError(f"unknown noise schedule description: type={d.get('type') if isinstance(d, dict) else d!r}; "
+                         f"expected one of {sorted(_TYPES)}")
+    d = dict(d)
+    kind = d.pop("type")
+    if kind == "EDM":
+        return EDM(d["sigma_min"], d["sigma_max"])
+    if kind == "VPDiscrete":
+        d.pop("sha256", None)
+        return VPDiscrete(d.pop("alphas_cumprod"), **d)
+    return _TYPES[kind](**d)

@@ -1,0 +1,213 @@
+"""A sampler as N network calls with one small linear map between them.
+
+A solver compiles (noise schedule, t, t_eval) into a `Plan`. Before call i the
+sampler holds a few registers (tensors of the sample's shape: the state, past
+model outputs, a stage); call i evaluates the denoiser on one of them at
+t_eval[i], and then every new register is a linear combination of the old
+registers and the new output D. The combination coefficients are float64
+tensors built with differentiable torch ops, so LD3 trains through them, and
+the executors (eager, Triton, CUDA graph, ONNX) only apply them.
+
+Solvers write their update in the paper's notation on `Lin` objects (symbolic
+linear combinations of named registers), so the algebra reads like the paper
+and the coefficient tables fall out of it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .noise import DTYPE, NoiseSchedule, as_time
+
+D = "D"  # the name of the network output (x0 estimate) of the current call
+
+
+class Lin:
+    """A linear combination sum_k c_k * register_k, with float64 tensor (or python float) coefficients."""
+
+    __slots__ = ("terms",)
+
+    def __init__(self, terms=None):
+        self.terms = dict(terms or {})
+
+    @classmethod
+    def of(cls, name: str) -> "Lin":
+        return cls({name: 1.0})
+
+    def __add__(self, other: "Lin") -> "Lin":
+        if not isinstance(other, Lin):
+            return NotImplemented
+        out = dict(self.terms)
+        for k, c in other.terms.items():
+            out[k] = out[k] + c if k in out else c
+        return Lin(out)
+
+    def __neg__(self) -> "Lin":
+        return Lin({k: -c for k, c in self.terms.items()})
+
+    def __sub__(self, other: "Lin") -> "Lin":
+        return self + (-other)
+
+    def __mul__(self, c) -> "Lin":
+        if isinstance(c, Lin):
+            raise TypeError("a linear combination can only be scaled by a coefficient, not multiplied by another")
+        return Lin({k: v * c for k, v in self.terms.items()})
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, c) -> "Lin":
+        return self * (1.0 / c)
+
+    def __repr__(self):
+        return " + ".join(f"{float(c):.6g}*{k}" for k, c in self.terms.items()) or "0"
+
+
+def lin_sum(terms) -> Lin:
+    out = Lin()
+    for t in terms:
+        out = out + t
+    return out
+
+
+@dataclass(frozen=True)
+class Step:
+    """One network call and the linear map after it.
+
+    input: index of the register the network is evaluated on.
+    sources: for each new register, the tuple of source indices into [registers..., D]
+        with a structurally non-zero coefficient (decided at plan time, on python ints).
+    coef: float64 tensor (n_new, n_old + 1), zeros where structurally zero.
+    identity: for each new register, True when it is a plain copy (alias) of one source.
+    """
+    input: int
+    registers: tuple[str, ...]      # names before the call
+    new_registers: tuple[str, ...]  # names after the update
+    sources: tuple[tuple[int, ...], ...]
+    coef: torch.Tensor
+    identity: tuple[bool, ...]
+
+
+@dataclass
+class Plan:
+    """The compiled sampler: eval times and one linear map per network call.
+
+    The initial registers are ("x",) holding prior_scale * z; after the last call
+    the only register is the sample.
+    """
+    t: torch.Tensor       # solver times (float64)
+    t_eval: torch.Tensor  # network times, one per call, in call order (float64)
+    steps: tuple[Step, ...]
+    solver: str
+    order: int
+    options: dict
+
+    @property
+    def nfe(self) -> int:
+        return len(self.steps)
+
+    @property
+    def max_registers(self) -> int:
+        return max(len(s.registers) for s in self.steps)
+
+    def cast(self, dtype: torch.dtype, device=None) -> list[torch.Tensor]:
+        """The one place where plan coefficients leave float64: one table per step."""
+        return [s.coef.to(device=device, dtype=dtype) for s in self.steps]
+
+    def __repr__(self):
+        lines = [f"Plan({self.solver}, order={self.order}, nfe={self.nfe}, {self.options})"]
+        for i, s in enumerate(self.steps):
+            lines.append(f"  call {i}: D(x={s.registers[s.input]}, t={float(self.t_eval[i]):.6g}) -> "
+                         f"{', '.join(s.new_registers)}")
+        return "\n".join(lines)
+
+
+class PlanBuilder:
+    """Records network calls and register updates written with `Lin` algebra."""
+
+    def __init__(self, t, t_eval, solver: str, order: int, options: dict):
+        self.t, self.t_eval = t, t_eval
+        self.solver, self.order, self.options = solver, order, options
+        self.registers: tuple[str, ...] = ("x",)
+        self.steps: list[Step] = []
+        self._input: int | None = None
+
+    def reg(self, name: str) -> Lin:
+        if name not in self.registers:
+            raise KeyError(f"register {name!r} is not live (live: {self.registers})")
+        return Lin.of(name)
+
+    def call(self, register: str) -> Lin:
+        """The network is evaluated on `register` at the next t_eval; returns its output D."""
+        if self._input is not None:
+            raise RuntimeError("call() twice without update()")
+        self._input = self.registers.index(register)
+        return Lin.of(D)
+
+    def update(self, **new: Lin) -> None:
+        if self._input is None:
+            raise RuntimeError("update() without call()")
+        cols = self.registers + (D,)
+        zero = torch.zeros((), dtype=DTYPE)
+        sources, rows, identity = [], [], []
+        for name, lin in new.items():
+            unknown = set(lin.terms) - set(cols)
+            if unknown:
+                raise KeyError(f"register {name!r} refers to {sorted(unknown)}, not live in {cols}")
+            src = tuple(j for j, c in enumerate(cols) if c in lin.terms)
+            sources.append(src)
+            identity.append(len(src) == 1 and isinstance(lin.terms[cols[src[0]]], float)
+                            and lin.terms[cols[src[0]]] == 1.0)
+            rows.append(torch.stack([as_time(lin.terms[c]) if c in lin.terms else zero for c in cols]))
+        self.steps.append(Step(self._input, self.registers, tuple(new), tuple(sources),
+                               torch.stack(rows), tuple(identity)))
+        self.registers = tuple(new)
+        self._input = None
+
+    def build(self) -> Plan:
+        if len(self.steps) != len(self.t_eval):
+            raise RuntimeError(f"{self.solver}: planned {len(self.steps)} calls for {len(self.t_eval)} eval times")
+        if self.registers != ("x",):
+            raise RuntimeError(f"{self.solver}: plan must end with the single register 'x', has {self.registers}")
+        return Plan(self.t, self.t_eval, tuple(self.steps), self.solver, self.order, self.options)
+
+
+class StepTimes:
+    """alpha, sigma, lambda at the solver times t[0..n], with t[n] = 0 allowed for final='zero'.
+
+    Everything is float64 and differentiable in t. With final='zero' the entries at n
+    are never used: every solver's last step then returns the data estimate D.
+    """
+
+    def __init__(self, noise: NoiseSchedule, t: torch.Tensor, final: str):
+        self.n = len(t) - 1
+        self.final = final
+        tt = t[:-1] if final == "zero" else t
+        self.t = t
+        self.alpha = noise.alpha(tt)
+        self.sigma = noise.sigma(tt)
+        self.lam = noise.lam(tt)
+        self.sigma_ve = torch.exp(-self.lam)  # sigma / alpha: the noise level of x / alpha
+
+    def lands_on_zero(self, i: int) -> bool:
+        """True for the last step when it goes to sigma = 0."""
+        return self.final == "zero" and i == self.n - 1
+
+
+def step_orders(n: int, order: int, lower_order_final: bool, warmup: bool = True) -> list[int]:
+    """Per-step order of a multistep method: warm-up min(order, i + 1) and, with
+    lower_order_final, min(order, n - i) (the rule of diffusers' UniPC; for
+    DPM-Solver++ order <= 3 it is the same as diffusers' lower_order_final/second)."""
+    out = []
+    for i in range(n):
+        p = min(order, i + 1) if warmup else order
+        if lower_order_final:
+            p = min(p, n - i)
+        out.append(p)
+    return out
+
+
+def shift_history(b: PlanBuilder, d: Lin, keep: int, prefix: str = "m") -> dict[str, Lin]:
+    """New history registers m1 = d (this call's output), m2 = old m1, ..., keeping `keep` of them."""
+    hist = [d] + [b.reg(f"{prefix}{k}") for k in range(1, keep)]
+    return {f"{prefix}{k + 1}": h for k, h in enumerate(hist[:keep])}

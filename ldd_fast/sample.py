@@ -1,0 +1,127 @@
+"""The eager executor: the reference every fast path is compared with, autograd-capable."""
+from __future__ import annotations
+
+import torch
+
+from . import solvers
+from .denoiser import Denoiser, check_state
+from .plan import Plan
+from .schedule import Schedule
+
+
+class IncompatibleSchedule(ValueError):
+    """A schedule made for another model, solver, order or guidance scale (pass force=True to use it anyway)."""
+
+
+def plan_for(den: Denoiser, schedule: Schedule, *, solver: str | None = None, order: int | None = None,
+             force: bool = False, final: str | None = None, lower_order_final: bool | None = None,
+             variant: str | None = None) -> Plan:
+    """Check that `schedule` fits this model and solver, and compile it into a Plan."""
+    if not isinstance(den, Denoiser):
+        raise TypeError(f"expected an ldd_fast Denoiser (wrap your network with lf.Denoiser), got {type(den).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"expected an lf.Schedule (from lf.discretize, lf.learn or lf.Schedule.load), "
+                        f"got {type(schedule).__name__}")
+    solver = solver or schedule.solver
+    if solver is None:
+        raise ValueError("this schedule was not made for one solver: pass solver=... "
+                         f"(one of {', '.join(solvers.SOLVERS)})")
+    spec = solvers.get_solver(solver)
+    if final is not None and final != schedule.final:
+        raise ValueError(f"final={final!r} differs from the schedule's final={schedule.final!r}: the final time "
+                         f"is part of the schedule (lf.discretize(..., final=...))")
+    if not solvers.layout_matches(solver, schedule.t.numel(), schedule.nfe):
+        raise ValueError(f"a schedule of {schedule.t.numel()} times and {schedule.nfe} calls ({schedule.layout} "
+                         f"layout) cannot run solver {solver!r} ({spec.layout} layout); make one with "
+                         f"lf.discretize(noise, nfe, kind, solver={solver!r})")
+    mismatch = []
+    if schedule.solver is not None and schedule.solver != solver:
+        mismatch.append(f"solver {schedule.solver!r} (asked: {solver!r})")
+    same_solver = schedule.solver == solver
+    if same_solver and schedule.order is not None:
+        if order is None:
+            order = schedule.order
+        elif order != schedule.order:
+            mismatch.append(f"order {schedule.order} (asked: {order})")
+    if same_solver and schedule.variant is not None:
+        if variant is None:
+            variant = schedule.variant
+        elif variant != schedule.variant:
+            mismatch.append(f"variant {schedule.variant!r} (asked: {variant!r})")
+    if same_solver and schedule.lower_order_final is not None:
+        if lower_order_final is None:
+            lower_order_final = schedule.lower_order_final
+        elif lower_order_final != schedule.lower_order_final:
+            mismatch.append(f"lower_order_final={schedule.lower_order_final} (asked: {lower_order_final})")
+    if schedule.noise != den.noise:
+        mismatch.append(f"noise schedule {schedule.noise!r} (model: {den.noise!r})")
+    if schedule.fingerprint is not None and schedule.fingerprint != den.fingerprint():
+        mismatch.append(f"another model (fingerprint {schedule.fingerprint[:12]}..., this model "
+                        f"{den.fingerprint()[:12]}...)")
+    if schedule.guidance_scale is not None and schedule.guidance_scale != den.guidance_scale:
+        mismatch.append(f"guidance scale {schedule.guidance_scale} (model: {den.guidance_scale})")
+    if mismatch and not force:
+        raise IncompatibleSchedule("the schedule was made for " + "; ".join(mismatch)
+                                   + ". Pass force=True to use it anyway.")
+    return solvers.make_plan(den.noise if force else schedule.noise, schedule.t, schedule.t_eval, solver=solver,
+                             order=order, final=schedule.final, lower_order_final=lower_order_final,
+                             variant=variant)
+
+
+def check_noise(z, cond=None) -> None:
+    check_state(z)
+    if cond is not None and (not isinstance(cond, torch.Tensor) or cond.dim() == 0 or cond.shape[0] != z.shape[0]):
+        shape = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
+        raise ValueError(f"cond must be a tensor with one entry per sample ({z.shape[0]}), got {shape}")
+
+
+def call_tables(den: Denoiser, plan: Plan, guided: bool):
+    """Per network call, in float64: the network time and the (c_in, a, b) of den.affine."""
+    return den.time_net(plan.t_eval), [den.affine(plan.t_eval[i], guided) for i in range(plan.nfe)]
+
+
+def run_plan(plan: Plan, den: Denoiser, z: torch.Tensor, cond=None) -> torch.Tensor:
+    """Execute a Plan with torch ops: x = prior_scale * z, then per call D and the linear map."""
+    check_noise(z, cond)
+    x = z * den.noise.prior_scale
+    t_net, affines = call_tables(den, plan, den.guided(cond))
+    dtype, device = x.dtype, x.device
+    # The single cast of plan coefficients (float64) to the working dtype.
+    coefs = plan.cast(dtype, device)
+    affines = [a.to(device, dtype) for a in affines]
+    regs = [x]
+    for i, step in enumerate(plan.steps):
+        c_in, a, b = affines[i]
+        x_in = regs[step.input]
+        raw = den.net_call(x_in if c_in is None else c_in * x_in, t_net[i], cond)
+        d = None if a is None else a * x_in
+        for r, w in zip(raw, b):
+            d = w * r if d is None else torch.addcmul(d, w, r)
+        src = regs + [d]
+        rows = coefs[i]
+        new = []
+        for k, (sources, ident) in enumerate(zip(step.sources, step.identity)):
+            if ident:
+                new.append(src[sources[0]])
+                continue
+            out = rows[k, sources[0]] * src[sources[0]]
+            for j in sources[1:]:
+                out = torch.addcmul(out, rows[k, j], src[j])
+            new.append(out)
+        regs = new
+    return regs[0]
+
+
+def sample(den: Denoiser, z: torch.Tensor, schedule: Schedule, *, solver: str | None = None,
+           order: int | None = None, cond=None, force: bool = False, **options) -> torch.Tensor:
+    """Run a deterministic ODE solver on `schedule` from unit-normal noise z; returns the x0 sample.
+
+    z is multiplied by the noise schedule's prior scale (sigma_max for EDM, 1 for VP).
+    The computation runs in z's dtype (plan coefficients are cast once) and supports autograd.
+    options: lower_order_final, variant, final (must match the schedule's).
+    """
+    unknown = set(options) - {"lower_order_final", "variant", "final"}
+    if unknown:
+        raise TypeError(f"unknown sampler option(s) {sorted(unknown)}; known: final, lower_order_final, variant")
+    plan = plan_for(den, schedule, solver=solver, order=order, force=force, **options)
+    return run_plan(plan, den, z, cond)

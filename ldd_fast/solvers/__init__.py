@@ -1,0 +1,126 @@
+"""Solver registry: name -> how a schedule compiles into a Plan.
+
+| name  | orders | default | layout    |
+|-------|--------|---------|-----------|
+| euler | 1      | 1       | multistep |
+| heun  | 2      | 2       | heun      |
+| dpmpp | 1-3    | 2       | multistep |
+| unipc | 1-3    | 3       | multistep |
+| ipndm | 1-4    | 4       | multistep |
+
+Multistep layout: nfe steps, nfe + 1 times, calls at t[0..nfe-1].
+Heun layout: nfe = 2K - 1 calls for K steps over K + 1 times.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import dpmpp, euler, heun, ipndm, unipc
+
+FINALS = ("t_min", "zero")
+LOWER_ORDER_FINAL_BELOW = 15  # steps; diffusers' threshold
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    name: str
+    orders: tuple[int, ...]
+    default_order: int
+    layout: str
+    build: Callable
+    variants: tuple[str, ...] = ()
+    options: tuple[str, ...] = field(default=("final",))
+
+    @property
+    def default_variant(self):
+        return self.variants[-1] if self.name == "unipc" else (self.variants[0] if self.variants else None)
+
+
+SOLVERS = {
+    "euler": SolverSpec("euler", (1,), 1, "multistep", euler.plan),
+    "heun": SolverSpec("heun", (2,), 2, "heun", heun.plan),
+    "dpmpp": SolverSpec("dpmpp", (1, 2, 3), 2, "multistep", dpmpp.plan, dpmpp.VARIANTS,
+                        ("final", "lower_order_final", "variant")),
+    "unipc": SolverSpec("unipc", (1, 2, 3), 3, "multistep", unipc.plan, unipc.VARIANTS,
+                        ("final", "lower_order_final", "variant")),
+    "ipndm": SolverSpec("ipndm", (1, 2, 3, 4), 4, "multistep", ipndm.plan, (),
+                        ("final", "lower_order_final")),
+}
+
+
+def get_solver(name: str) -> SolverSpec:
+    if not isinstance(name, str) or name not in SOLVERS:
+        raise ValueError(f"unknown solver {name!r}; available: {', '.join(SOLVERS)}")
+    return SOLVERS[name]
+
+
+def resolve_order(spec: SolverSpec, order: int | None) -> int:
+    if order is None:
+        return spec.default_order
+    if isinstance(order, bool) or not isinstance(order, int) or order not in spec.orders:
+        raise ValueError(f"solver {spec.name!r} supports orders {list(spec.orders)}, got order={order!r}")
+    return order
+
+
+def resolve_variant(spec: SolverSpec, variant: str | None) -> str | None:
+    if variant is None:
+        return spec.default_variant
+    if variant not in spec.variants:
+        allowed = list(spec.variants) or "none"
+        raise ValueError(f"solver {spec.name!r} has variants {allowed}, got variant={variant!r}")
+    return variant
+
+
+def steps_for_nfe(solver: str, nfe: int) -> int:
+    """Number of solver steps (len(t) - 1) that spend exactly nfe network calls."""
+    spec = get_solver(solver)
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be a positive integer, got {nfe!r}")
+    if spec.layout == "heun":
+        if nfe % 2 == 0:
+            raise ValueError(f"heun needs an odd nfe = 2K - 1 (K steps, the last without correction), got nfe={nfe}")
+        return (nfe + 1) // 2
+    return nfe
+
+
+def default_t_eval(solver: str, t: torch.Tensor) -> torch.Tensor:
+    """Network times when they are not learned: the step starts (and Heun's stage ends), in call order."""
+    if get_solver(solver).layout == "heun":
+        k = len(t) - 1
+        idx = [0] + [j for i in range(1, k) for j in (i, i)]
+        return t[idx]
+    return t[:-1]
+
+
+def layout_matches(solver: str, n_times: int, nfe: int) -> bool:
+    spec = get_solver(solver)
+    if spec.layout == "heun":
+        return nfe % 2 == 1 and n_times == (nfe + 1) // 2 + 1
+    return n_times == nfe + 1
+
+
+def make_plan(noise, t: torch.Tensor, t_eval: torch.Tensor, *, solver: str, order: int | None = None,
+              final: str = "t_min", lower_order_final: bool | None = None, variant: str | None = None):
+    """Compile solver times t (len n + 1) and network times t_eval into a Plan."""
+    spec = get_solver(solver)
+    order = resolve_order(spec, order)
+    if final not in FINALS:
+        raise ValueError(f"final must be one of {FINALS}, got {final!r}")
+    if not layout_matches(solver, len(t), len(t_eval)):
+        raise ValueError(f"solver {solver!r}: {len(t)} times and {len(t_eval)} eval times do not fit its "
+                         f"{spec.layout} layout (multistep: nfe + 1 times; heun: (nfe + 1) / 2 + 1 times, nfe odd)")
+    kwargs = {"order": order, "final": final}
+    if "lower_order_final" in spec.options:
+        n = len(t) - 1
+        kwargs["lower_order_final"] = (n < LOWER_ORDER_FINAL_BELOW) if lower_order_final is None \
+            else bool(lower_order_final)
+    elif lower_order_final is not None:
+        raise ValueError(f"solver {solver!r} takes no lower_order_final option")
+    if "variant" in spec.options:
+        kwargs["variant"] = resolve_variant(spec, variant)
+    elif variant is not None:
+        raise ValueError(f"solver {solver!r} has no variants, got variant={variant!r}")
+    return spec.build(noise, t, t_eval, **kwargs)

@@ -1,0 +1,38 @@
+"""Heun's method, deterministic: EDM Algorithm 2 (Karras et al. 2022) with S_churn = 0.
+
+Run on x~ = x / alpha in sigma~ = sigma / alpha (for EDM, alpha = 1 and this is
+Algorithm 2 line for line). K steps cost 2K - 1 network calls: the last step is
+a plain Euler step (Algorithm 2 skips the correction when sigma_next = 0; we
+decide it at plan time for every final time, so the call count is always odd).
+Network calls in order: step start t_0, stage end t_1, step start t_1, ..., t_{K-1}.
+"""
+from __future__ import annotations
+
+from ..plan import PlanBuilder, StepTimes
+
+
+def plan(noise, t, t_eval, *, order: int = 2, final: str = "t_min"):
+    st = StepTimes(noise, t, final)
+    b = PlanBuilder(t, t_eval, "heun", order, {"final": final})
+    for i in range(st.n):
+        d_cur = b.call("x")
+        if st.lands_on_zero(i):
+            b.update(x=d_cur)
+            continue
+        s_cur, s_next = st.sigma_ve[i], st.sigma_ve[i + 1]
+        a_cur, a_next = st.alpha[i], st.alpha[i + 1]
+        x_cur = b.reg("x") / a_cur
+        # Euler step.
+        x_next = x_cur + (s_next - s_cur) * (x_cur - d_cur) / s_cur
+        if i == st.n - 1:
+            b.update(x=a_next * x_next)
+            continue
+        b.update(x=b.reg("x"), m1=d_cur, xs=a_next * x_next)
+        # Apply 2nd order correction.
+        d_stage = b.call("xs")
+        x_cur, d_cur = b.reg("x") / a_cur, b.reg("m1")
+        d_prime = (x_cur - d_cur) / s_cur
+        x_next = x_cur + (s_next - s_cur) * d_prime
+        d_prime_stage = (x_next - d_stage) / s_next
+        b.update(x=a_next * (x_cur + (s_next - s_cur) * (0.5 * d_prime + 0.5 * d_prime_stage)))
+    return b.build()

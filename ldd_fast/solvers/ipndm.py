@@ -1,0 +1,35 @@
+"""iPNDM (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator", sec. 4):
+Adams-Bashforth with fixed weights on the noise prediction eps = (x~ - D) / sigma~,
+integrating dx~/dsigma~ = eps for x~ = x / alpha, sigma~ = sigma / alpha, with a
+lower-order warm-up (orders 1, 2, 3 on the first steps).
+"""
+from __future__ import annotations
+
+from ..plan import Lin, PlanBuilder, StepTimes, lin_sum, shift_history, step_orders
+
+AB_WEIGHTS = {
+    1: (1.0,),
+    2: (3 / 2, -1 / 2),
+    3: (23 / 12, -16 / 12, 5 / 12),
+    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+}
+
+
+def plan(noise, t, t_eval, *, order: int = 4, lower_order_final: bool = True, final: str = "t_min"):
+    st = StepTimes(noise, t, final)
+    b = PlanBuilder(t, t_eval, "ipndm", order, {"lower_order_final": lower_order_final, "final": final})
+    orders = step_orders(st.n, order, lower_order_final)
+    for i in range(st.n):
+        d = b.call("x")
+        if st.lands_on_zero(i):
+            b.update(x=d)
+            continue
+        s_cur, s_next = st.sigma_ve[i], st.sigma_ve[i + 1]
+        x_cur = b.reg("x") / st.alpha[i]
+        eps = (x_cur - d) / s_cur
+        keep = orders[i + 1] - 1 if i + 1 < st.n else 0
+        history = shift_history(b, eps, keep, prefix="e")
+        eps_all: list[Lin] = [eps] + [b.reg(f"e{k}") for k in range(1, orders[i])]
+        slope = lin_sum(w * e for w, e in zip(AB_WEIGHTS[orders[i]], eps_all))
+        b.update(x=st.alpha[i + 1] * (x_cur + (s_next - s_cur) * slope), **history)
+    return b.build()

@@ -1,0 +1,35 @@
+"""ldd-fast: learned low-NFE diffusion sampling, fused and exported.
+
+`kernels/` and `export/` install as `ldd_fast.kernels` and `ldd_fast.export`
+(package_dir), so no generic top-level module names are installed.
+"""
+from setuptools import setup
+
+EXTRAS = {
+    "triton": ["triton>=3.0"],
+    "export": ["onnx>=1.16", "onnxscript>=0.1", "onnxruntime>=1.18"],
+    "tensorrt": ["tensorrt>=10.0"],
+    "diffusers": ["diffusers>=0.30", "safetensors"],
+    "demo": ["scikit-learn>=1.3", "matplotlib>=3.7", "pillow>=10", "tqdm>=4.60", "safetensors"],
+    "lpips": ["lpips>=0.1.4"],
+}
+EXTRAS["test"] = sorted(
+    {"pytest>=7", "scipy>=1.10"} | set(EXTRAS["demo"]) | set(EXTRAS["diffusers"])
+    | set(EXTRAS["export"]) | set(EXTRAS["triton"])
+)
+
+setup(
+    name="ldd-fast",
+    version="0.1.0",
+    description="Learned time discretisations (LD3) and compiled low-NFE samplers for diffusion models",
+    python_requires=">=3.10",
+    packages=[
+        "ldd_fast", "ldd_fast.solvers", "ldd_fast.zoo",
+        "ldd_fast.kernels", "ldd_fast.export",
+    ],
+    package_dir={"ldd_fast.kernels": "kernels", "ldd_fast.export": "export"},
+    package_data={"ldd_fast.zoo": ["weights/*.safetensors", "weights/*.json"]},
+    install_requires=["torch>=2.3"],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["ldd-fast=ldd_fast.cli:main"]},
+)
