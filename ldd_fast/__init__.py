@@ -5,6 +5,7 @@ from .schedule import Schedule, ScheduleError, discretize
 from .plan import Plan
 from .solvers import SOLVERS, make_plan
 from .sample import IncompatibleSchedule, plan_for, run_plan, sample
+from .adapters import from_diffusers
 
 __version__ = "0.1.0"
 
@@ -12,4 +13,5 @@ __all__ = [
     "EDM", "VPLinear", "VPCosine", "VPDiscrete", "NoiseSchedule",
     "Denoiser", "Affine", "Schedule", "ScheduleError", "discretize",
     "Plan", "SOLVERS", "make_plan", "sample", "plan_for", "run_plan", "IncompatibleSchedule",
+    "from_diffusers",
 ]

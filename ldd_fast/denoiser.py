@@ -118,7 +118,7 @@ class Denoiser(nn.Module):
             return t
         if self.time_input == "index":
             return self.noise.index(t)
-        sigma = self.noise.sigma_ve(t)
+        sigma = self.noise.sigma(t) / self.noise.alpha(t)
         return sigma if self.time_input == "sigma" else torch.log(sigma) / 4.0
 
     def guided(self, cond) -> bool:

@@ -211,3 +211,107 @@ def shift_history(b: PlanBuilder, d: Lin, keep: int, prefix: str = "m") -> dict[
     """New history registers m1 = d (this call's output), m2 = old m1, ..., keeping `keep` of them."""
     hist = [d] + [b.reg(f"{prefix}{k}") for k in range(1, keep)]
     return {f"{prefix}{k + 1}": h for k, h in enumerate(hist[:keep])}
+
+
+@dataclass(frozen=True)
+class FoldedStep:
+    """One call with the model-output conversion folded into the linear map.
+
+    The network reads register `input` at time `t_net` and returns n_raw outputs
+    (the cond / uncond halves when guided). The new registers are
+    coef @ [registers..., raw_0, ..., raw_{n_raw-1}], with structural non-zeros in
+    `sources`. When the model scales its input (EDM's c_in), the last new register
+    is the next call's network input, already scaled.
+    """
+    input: int
+    t_net: torch.Tensor
+    registers: tuple[str, ...]
+    new_registers: tuple[str, ...]
+    sources: tuple[tuple[int, ...], ...]
+    coef: torch.Tensor
+
+
+@dataclass
+class FoldedPlan:
+    """A Plan with den.affine folded in: what the fused kernels and the exported graph run.
+
+    Initial registers: register r holds init_scale[r] * z (the prior scale, and c_in of
+    the first call for the network-input register). After the last call register 0 is
+    the sample.
+    """
+    steps: tuple[FoldedStep, ...]
+    n_raw: int
+    init_registers: tuple[str, ...]
+    init_scale: torch.Tensor
+
+    @property
+    def nfe(self) -> int:
+        return len(self.steps)
+
+    @property
+    def max_registers(self) -> int:
+        return max(len(s.registers) for s in self.steps)
+
+
+NET_IN = "net_in"
+
+
+def fold(plan: Plan, den, guided: bool = False) -> FoldedPlan:
+    """Fold the denoiser's (c_in, a, b) at every t_eval into the plan's linear maps (float64)."""
+    affines = [den.affine(plan.t_eval[i], guided) for i in range(plan.nfe)]
+    t_net = den.time_net(plan.t_eval)
+    scaled = [a.c_in is not None for a in affines]
+    n_raw = len(affines[0].b)
+    zero = torch.zeros((), dtype=DTYPE)
+    prior = torch.tensor(float(den.noise.prior_scale), dtype=DTYPE)
+    init_regs = ("x", NET_IN) if scaled[0] else ("x",)
+    init_scale = torch.stack([prior, affines[0].c_in * prior]) if scaled[0] else prior[None]
+    steps, regs = [], init_regs
+    for i, step in enumerate(plan.steps):
+        aff = affines[i]
+        r_old = len(step.registers)
+        cols = list(regs)  # may carry NET_IN after the plan's own registers
+        # D = a * x_in + sum_k b_k raw_k, with x_in the (unscaled) plan register step.input.
+        rows, sources = [], []
+        for k in range(len(step.new_registers)):
+            m = step.coef[k]
+            row = [m[c] for c in range(r_old)] + [zero] * (len(cols) - r_old)
+            src = set(step.sources[k]) - {r_old}
+            if r_old in step.sources[k]:
+                if aff.a is not None:
+                    row[step.input] = row[step.input] + m[r_old] * aff.a
+                    src.add(step.input)
+                row += [m[r_old] * b for b in aff.b]
+                src |= {len(cols) + j for j in range(n_raw)}
+            else:
+                row += [zero] * n_raw
+            rows.append(torch.stack(row))
+            sources.append(tuple(sorted(src)))
+        new_regs = step.new_registers
+        if i + 1 < plan.nfe and scaled[i + 1]:
+            nxt = plan.steps[i + 1].input
+            rows.append(affines[i + 1].c_in * rows[nxt])
+            sources.append(sources[nxt])
+            new_regs = new_regs + (NET_IN,)
+        net_input = cols.index(NET_IN) if scaled[i] else step.input
+        steps.append(FoldedStep(net_input, t_net[i], tuple(cols), new_regs, tuple(sources), torch.stack(rows)))
+        regs = new_regs
+    return FoldedPlan(tuple(steps), n_raw, init_regs, init_scale)
+
+
+def run_folded(folded: FoldedPlan, den, z: torch.Tensor, cond=None) -> torch.Tensor:
+    """A plain torch executor of a FoldedPlan (the twin of the fused kernels and the export)."""
+    coefs = [s.coef.to(z.device, z.dtype) for s in folded.steps]
+    scale = folded.init_scale.to(z.device, z.dtype)
+    regs = [scale[r] * z for r in range(len(folded.init_registers))]
+    for step, coef in zip(folded.steps, coefs):
+        raw = den.net_call(regs[step.input], step.t_net, cond)
+        src = regs + list(raw)
+        new = []
+        for k, sources in enumerate(step.sources):
+            out = coef[k, sources[0]] * src[sources[0]]
+            for j in sources[1:]:
+                out = torch.addcmul(out, coef[k, j], src[j])
+            new.append(out)
+        regs = new
+    return regs[0]

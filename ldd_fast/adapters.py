@@ -1,0 +1,223 @@
+"""Adapters from other ecosystems to the one Denoiser contract: diffusers UNets and DDPM-family schedulers.
+
+diffusers is never imported here: a UNet and a scheduler are recognised by their
+class names and `config` (duck typing), so the core stays importable without it.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .denoiser import Denoiser
+from .noise import VPDiscrete
+
+# diffusers' prediction_type -> our prediction; our own names are accepted as they are.
+PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+
+
+def _class_names(obj) -> set[str]:
+    return {c.__name__ for c in type(obj).__mro__}
+
+
+def _get(config, key, default=None):
+    if isinstance(config, Mapping):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
+class DiffusersUNet(nn.Module):
+    """A diffusers UNet2DModel / UNet2DConditionModel as net(x, t_net, cond=None) -> output.
+
+    t_net is the continuous float index N t - 1 (never rounded); cond is the class
+    label tensor (UNet2DModel with a class embedding) or encoder_hidden_states of
+    shape [B, L, D] (UNet2DConditionModel). The UNet runs in its own dtype; its output
+    is cast back to x's dtype, so a float16 UNet can drive a float32 state.
+    """
+
+    def __init__(self, unet: nn.Module, kind: str, channel_split: int | None = None):
+        super().__init__()
+        self.unet = unet
+        self.kind = kind  # "plain" | "class" | "text"
+        cfg = unet.config
+        self.in_channels = int(_get(cfg, "in_channels"))
+        self.sample_size = _get(cfg, "sample_size")
+        # UNet2DConditionModel forwards odd sizes to its upsamplers; UNet2DModel fails deep inside.
+        self.down_factor = 2 ** (len(_get(cfg, "block_out_channels", ())) - 1) if kind != "text" else 1
+        # Learned-variance UNets return [eps, variance] along channels; the ODE uses the first part.
+        self.channel_split = channel_split
+
+    def forward(self, x: torch.Tensor, t_net: torch.Tensor, cond=None) -> torch.Tensor:
+        self._check_input(x)
+        dtype = getattr(self.unet, "dtype", None) or next(self.unet.parameters()).dtype
+        x_in = x.to(dtype)
+        if self.kind == "plain":
+            if cond is not None:
+                raise ValueError("cond was given, but this UNet2DModel is unconditional (no class embedding: "
+                                 "num_class_embeds / class_embed_type unset); pass cond=None")
+            out = self.unet(x_in, t_net, return_dict=False)[0]
+        elif self.kind == "class":
+            if cond is None:
+                raise ValueError("this UNet2DModel has a class embedding and needs cond: the class labels "
+                                 "(one per sample), passed as class_labels")
+            out = self.unet(x_in, t_net, class_labels=cond, return_dict=False)[0]
+        else:
+            if cond is None:
+                raise ValueError("a UNet2DConditionModel needs cond: encoder_hidden_states of shape [B, L, D] "
+                                 "(e.g. the prompt embedding); got cond=None")
+            if not isinstance(cond, torch.Tensor) or cond.dim() != 3:
+                shape = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
+                raise ValueError(f"cond for a UNet2DConditionModel is encoder_hidden_states of shape [B, L, D], "
+                                 f"got {shape}")
+            out = self.unet(x_in, t_net, encoder_hidden_states=cond.to(dtype), return_dict=False)[0]
+        if self.channel_split is not None:
+            out = out[:, :self.channel_split]
+        return out.to(x.dtype)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"a diffusers UNet2D takes images [B, C, H, W], got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"the UNet has in_channels={self.in_channels}, but the state has {x.shape[1]} channels "
+                             f"(shape {tuple(x.shape)})")
+        h, w = x.shape[-2:]
+        if h % self.down_factor or w % self.down_factor:
+            raise ValueError(f"the UNet downsamples by {self.down_factor} (trained sample_size={self.sample_size}); "
+                             f"spatial size {h}x{w} is not divisible by it")
+
+
+def _unet_kind(unet) -> str:
+    names = _class_names(unet)
+    cfg = getattr(unet, "config", None)
+    if not isinstance(unet, nn.Module) or cfg is None:
+        raise TypeError(f"expected a diffusers UNet2DModel or UNet2DConditionModel, got {type(unet).__name__}")
+    if "UNet2DConditionModel" in names or _get(cfg, "cross_attention_dim") is not None:
+        if getattr(unet, "class_embedding", None) is not None or _get(cfg, "addition_embed_type") is not None:
+            raise ValueError("this UNet2DConditionModel also needs class_labels or added_cond_kwargs (class / "
+                             "addition embedding); from_diffusers passes only encoder_hidden_states. Wrap it in "
+                             "your own net(x, t_net, cond) and use lf.Denoiser")
+        return "text"
+    if "UNet2DModel" in names or _get(cfg, "in_channels") is not None:
+        return "class" if getattr(unet, "class_embedding", None) is not None else "plain"
+    raise TypeError(f"expected a diffusers UNet2DModel or UNet2DConditionModel, got {type(unet).__name__}")
+
+
+def _prediction(scheduler_config, prediction: str | None) -> str:
+    p = prediction if prediction is not None else _get(scheduler_config, "prediction_type", "epsilon")
+    if p in PREDICTION_TYPES.values():
+        return p
+    if p not in PREDICTION_TYPES:
+        raise ValueError(f"unsupported prediction type {p!r}: diffusers' prediction_type must be one of "
+                         f"{sorted(PREDICTION_TYPES)} (ours: {sorted(PREDICTION_TYPES.values())})")
+    return PREDICTION_TYPES[p]
+
+
+def _alphas_cumprod_from_config(cfg) -> torch.Tensor:
+    """alphas_cumprod exactly as diffusers' DDPM-family schedulers compute it (float32 betas)."""
+    n = _get(cfg, "num_train_timesteps", 1000)
+    trained = _get(cfg, "trained_betas")
+    schedule = _get(cfg, "beta_schedule")
+    if trained is not None:
+        betas = torch.tensor(trained, dtype=torch.float32)
+    elif schedule is None:
+        raise ValueError("the scheduler has neither alphas_cumprod nor betas (no trained_betas or beta_schedule in "
+                         "its config): it is not a DDPM-family (discrete VP) scheduler")
+    elif schedule == "linear":
+        betas = torch.linspace(_get(cfg, "beta_start", 1e-4), _get(cfg, "beta_end", 0.02), n, dtype=torch.float32)
+    elif schedule == "scaled_linear":
+        betas = torch.linspace(_get(cfg, "beta_start", 1e-4) ** 0.5, _get(cfg, "beta_end", 0.02) ** 0.5, n,
+                               dtype=torch.float32) ** 2
+    elif schedule == "squaredcos_cap_v2":
+        def alpha_bar(s):
+            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+        betas = torch.tensor([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)],
+                             dtype=torch.float32)
+    elif schedule == "sigmoid":
+        start, end = _get(cfg, "beta_start", 1e-4), _get(cfg, "beta_end", 0.02)
+        betas = torch.sigmoid(torch.linspace(-6, 6, n)) * (end - start) + start
+    else:
+        raise ValueError(f"unsupported beta_schedule {schedule!r}; expected one of {BETA_SCHEDULES} or trained_betas")
+    if _get(cfg, "rescale_betas_zero_snr", False):
+        # Lin et al. 2024, Algorithm 1: shift sqrt(alphas_cumprod) to end at zero, keep its start.
+        ab = torch.cumprod(1.0 - betas, 0).sqrt()
+        a0, a_t = ab[0].clone(), ab[-1].clone()
+        ab = (ab - a_t) * (a0 / (a0 - a_t))
+        ab = ab**2
+        betas = 1.0 - torch.cat([ab[:1], ab[1:] / ab[:-1]])
+    return torch.cumprod(1.0 - betas, 0)
+
+
+def _alphas_cumprod(scheduler) -> torch.Tensor:
+    ac = None if isinstance(scheduler, Mapping) else getattr(scheduler, "alphas_cumprod", None)
+    if ac is not None:
+        return torch.as_tensor(ac).detach().cpu()
+    cfg = scheduler if isinstance(scheduler, Mapping) else getattr(scheduler, "config", None)
+    if cfg is None:
+        raise ValueError(f"the scheduler ({type(scheduler).__name__}) has neither alphas_cumprod nor a config "
+                         f"with betas: it is not a DDPM-family (discrete VP) scheduler")
+    return _alphas_cumprod_from_config(cfg)
+
+
+def from_diffusers(unet, scheduler, *, guidance_scale: float = 1.0, null_cond=None,
+                   prediction: str | None = None) -> Denoiser:
+    """A Denoiser for a diffusers UNet2DModel / UNet2DConditionModel and its DDPM-family scheduler.
+
+    Conventions:
+      - noise schedule: VPDiscrete(scheduler.alphas_cumprod): the training index k in
+        0..N-1 sits at t = (k + 1) / N, alphas_cumprod taken as the scheduler holds it
+        (float32 for diffusers). Without the attribute (or for a config dict) it is
+        rebuilt from trained_betas / beta_schedule, beta_start, beta_end,
+        num_train_timesteps, rescale_betas_zero_snr as diffusers computes it.
+      - network time: the continuous index N t - 1 (time_input="index"), never rounded,
+        so at t = (k + 1) / N the UNet sees exactly k (as a float).
+      - prediction: from scheduler.config.prediction_type ("epsilon" -> "eps",
+        "sample" -> "x0", "v_prediction" -> "v"), or the `prediction` argument
+        (either spelling).
+      - cond: class labels for a UNet2DModel with a class embedding (class_labels),
+        encoder_hidden_states [B, L, D] for a UNet2DConditionModel (required). With
+        guidance_scale != 1, null_cond is the unconditional counterpart (a null class
+        label, the empty-prompt embedding [L, D] or [B, L, D]).
+      - learned variance: a UNet with out_channels = 2 in_channels returns
+        [prediction, variance]; the first in_channels channels are used, as diffusers does.
+      - the scheduler's sampling options (clip_sample, thresholding, timestep_spacing,
+        solver order) are not part of the model and are ignored: choose them with the
+        Schedule and the solver.
+    """
+    kind = _unet_kind(unet)
+    cfg = unet.config
+    in_ch, out_ch = _get(cfg, "in_channels"), _get(cfg, "out_channels", _get(cfg, "in_channels"))
+    if not isinstance(in_ch, int) or in_ch < 1:
+        raise ValueError(f"the UNet's config has no valid in_channels (got {in_ch!r})")
+    if out_ch == in_ch:
+        split = None
+    elif out_ch == 2 * in_ch:
+        split = in_ch
+    else:
+        raise ValueError(f"the UNet's out_channels={out_ch} does not fit in_channels={in_ch}: the prediction must "
+                         f"have the sample's shape (or twice its channels for a learned variance)")
+    sample_size = _get(cfg, "sample_size")
+    if kind == "plain":
+        if null_cond is not None or float(guidance_scale) != 1.0:
+            raise ValueError("this UNet2DModel is unconditional (no class embedding): guidance_scale must be 1 "
+                             "and null_cond None")
+    if sample_size is not None and kind != "text":
+        sizes = sample_size if isinstance(sample_size, (tuple, list)) else (sample_size,)
+        factor = 2 ** (len(_get(cfg, "block_out_channels", ())) - 1)
+        if any(int(s) % factor for s in sizes):
+            raise ValueError(f"the UNet's sample_size={sample_size} is not divisible by its downsampling "
+                             f"factor {factor}")
+    scheduler_config = scheduler if isinstance(scheduler, Mapping) else getattr(scheduler, "config", None)
+    if scheduler_config is None:
+        raise TypeError(f"expected a diffusers scheduler (with .config) or its config dict, "
+                        f"got {type(scheduler).__name__}")
+    if _get(scheduler_config, "use_flow_sigmas", False):
+        raise ValueError("the scheduler uses flow-matching sigmas (use_flow_sigmas=True), not a DDPM-family VP "
+                         "schedule")
+    pred = _prediction(scheduler_config, prediction)
+    noise = VPDiscrete(_alphas_cumprod(scheduler))
+    net = DiffusersUNet(unet, kind, split)
+    return Denoiser(net, noise, prediction=pred, time_input="index", guidance_scale=guidance_scale,
+                    null_cond=null_cond)
