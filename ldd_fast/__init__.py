@@ -15,3 +15,7 @@ __all__ = [
     "Plan", "SOLVERS", "make_plan", "sample", "plan_for", "run_plan", "IncompatibleSchedule",
     "from_diffusers",
 ]
+from .learn import LD3Config, LearnResult, learn  # noqa: E402
+from .teacher import TeacherData, TeacherSpec, make_teacher  # noqa: E402
+
+__all__ += ["learn", "LD3Config", "LearnResult", "TeacherSpec", "TeacherData", "make_teacher"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 
 from . import solvers
 from .denoiser import Denoiser, check_state
@@ -80,8 +81,13 @@ def call_tables(den: Denoiser, plan: Plan, guided: bool):
     return den.time_net(plan.t_eval), [den.affine(plan.t_eval[i], guided) for i in range(plan.nfe)]
 
 
-def run_plan(plan: Plan, den: Denoiser, z: torch.Tensor, cond=None) -> torch.Tensor:
-    """Execute a Plan with torch ops: x = prior_scale * z, then per call D and the linear map."""
+def run_plan(plan: Plan, den: Denoiser, z: torch.Tensor, cond=None, *, checkpoint: bool = False) -> torch.Tensor:
+    """Execute a Plan with torch ops: x = prior_scale * z, then per call D and the linear map.
+
+    checkpoint: recompute each network call in the backward pass instead of keeping its
+    activations (torch.utils.checkpoint), so backpropagation through nfe calls of a large
+    model needs the memory of about one call.
+    """
     check_noise(z, cond)
     x = z * den.noise.prior_scale
     t_net, affines = call_tables(den, plan, den.guided(cond))
@@ -93,7 +99,11 @@ def run_plan(plan: Plan, den: Denoiser, z: torch.Tensor, cond=None) -> torch.Ten
     for i, step in enumerate(plan.steps):
         c_in, a, b = affines[i]
         x_in = regs[step.input]
-        raw = den.net_call(x_in if c_in is None else c_in * x_in, t_net[i], cond)
+        x_net = x_in if c_in is None else c_in * x_in
+        if checkpoint and torch.is_grad_enabled():
+            raw = torch.utils.checkpoint.checkpoint(den.net_call, x_net, t_net[i], cond, use_reentrant=False)
+        else:
+            raw = den.net_call(x_net, t_net[i], cond)
         d = None if a is None else a * x_in
         for r, w in zip(raw, b):
             d = w * r if d is None else torch.addcmul(d, w, r)

@@ -1,0 +1,496 @@
+"""LD3: learning the time discretisation (Tong et al., "Learning to Discretize Denoising
+Diffusion ODEs", ICLR 2025, arXiv 2405.15506), on the Plans that every executor runs.
+
+Parameters (paper sec. 3.2): logits xi in R^N give u = cumsum(softmax(xi)) with u_0 = 0 and
+u_N = 1 pinned, so the N + 1 solver times are strictly monotone without constraints:
+lambda mode places them at lambda(t_max) + u (lambda(t_min) - lambda(t_max)) (xi = 0 is
+logSNR-uniform), time mode at t_max + u (t_min - t_max) (xi = 0 is time-uniform). The
+network times are decoupled (sec. 3.3): every call after the first is shifted by
+clip(xi_c, -d, d) in the same coordinate, d = win_rate x the smallest adjacent gap.
+
+Objective (sec. 3.4): the soft surrogate min over ||z' - z|| <= r of d(student(z'), y) with
+r = gamma D / N^2, optimised by one SGD step on z' per iteration, projected back into the
+ball, a sample keeping its new z' only if its loss went down; the hard objective
+d(student(z), y) is an option. Two phases: xi only, then xi and xi_c. RMSprop on xi, SGD on
+xi_c, gradient norms clipped per vector. Validation once per round on held-out pairs, both
+hard (from the true z) and soft; the parameters with the best held-out *hard* loss win.
+
+Not copied from the authors' code (see shared/design/LD3.md): their UniPC cut gradients
+(torch.tensor of tensors), their solvers spend an unused extra call, their lambda-mode window
+is measured in logit units, and they select on the soft validation loss, which overfits.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import resource
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import solvers
+from .denoiser import Denoiser
+from .losses import get_loss
+from .noise import DTYPE, NoiseSchedule
+from .progress import progress
+from .sample import run_plan
+from .schedule import Schedule
+from .teacher import TeacherData, TeacherSpec, make_teacher
+
+MODES = ("lambda", "time")
+CHECKPOINT = "ld3_checkpoint.pt"
+TEACHER_FILE = "teacher.pt"
+
+
+@dataclass
+class LD3Config:
+    """Hyper-parameters; defaults are the paper's for pixel-space models (LD3.md)."""
+    mode: str = "lambda"
+    n_train: int = 50
+    n_valid: int = 50
+    batch_size: int = 2
+    rounds_xi: int = 2          # phase 1: xi only
+    rounds_both: int = 5        # phase 2: xi and xi_c
+    lr_xi: float = 0.005        # RMSprop
+    momentum_xi: float = 0.9
+    lr_xi_c: float | None = None  # SGD; None: 0.1 / nfe (latent models: 0.001 / nfe)
+    lr_z: float | None = None     # SGD on z'; None: 12 / nfe
+    gamma: float = 0.001        # ball radius r = gamma * D / nfe^2, z in unit-variance units
+    soft: bool = True
+    decoupled: bool = True      # learn the network times (xi_c)
+    win_rate: float = 0.5
+    clip: float = 1.0
+    patience: int = 5
+    lr_decay: float = 0.8
+    min_lr_xi: float = 5e-5
+    min_lr_xi_c: float = 1e-6
+    seed: int = 0
+
+    def validate(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("n_train", "n_valid", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.rounds_xi < 0 or self.rounds_both < 0 or self.rounds_xi + self.rounds_both < 1:
+            raise ValueError("need at least one training round (rounds_xi + rounds_both >= 1)")
+        if not 0 < self.win_rate <= 0.5:
+            raise ValueError(f"win_rate must be in (0, 0.5] so shifted times stay between neighbours, "
+                             f"got {self.win_rate}")
+
+
+class TimeParams(nn.Module):
+    """xi (N logits) and xi_c (nfe - 1 shifts) -> solver times t and network times t_eval (float64)."""
+
+    def __init__(self, noise: NoiseSchedule, solver: str, nfe: int, mode: str = "lambda",
+                 win_rate: float = 0.5, decoupled: bool = True, init: Schedule | None = None):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.noise, self.solver, self.nfe, self.mode = noise, solver, nfe, mode
+        self.win_rate, self.decoupled = win_rate, decoupled
+        self.n_steps = solvers.steps_for_nfe(solver, nfe)
+        t_hi, t_lo = torch.tensor(noise.t_max, dtype=DTYPE), torch.tensor(noise.t_min, dtype=DTYPE)
+        self.register_buffer("t_hi", t_hi)
+        self.register_buffer("t_lo", t_lo)
+        self.register_buffer("c_hi", self.coord(t_hi))
+        self.register_buffer("c_lo", self.coord(t_lo))
+        self.xi = nn.Parameter(torch.zeros(self.n_steps, dtype=DTYPE))
+        self.xi_c = nn.Parameter(torch.zeros(max(nfe - 1, 0), dtype=DTYPE))
+        if init is not None:
+            self.init_from(init)
+
+    def coord(self, t):
+        return self.noise.lam(t) if self.mode == "lambda" else t
+
+    def inv(self, c):
+        return self.noise.t_of_lambda(c) if self.mode == "lambda" else c
+
+    def fractions(self) -> torch.Tensor:
+        """u_0 = 0 < u_1 < ... < u_N = 1, both ends pinned exactly."""
+        u = torch.cumsum(torch.softmax(self.xi, 0), 0)[:-1]
+        return torch.cat([torch.zeros(1, dtype=DTYPE), u, torch.ones(1, dtype=DTYPE)])
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        u = self.fractions()
+        c = self.c_hi + u * (self.c_lo - self.c_hi)
+        t = torch.cat([self.t_hi[None], self.inv(c[1:-1]), self.t_lo[None]])
+        c_eval = solvers.default_t_eval(self.solver, c)
+        if self.decoupled and self.nfe > 1:
+            window = self.win_rate * (c[1:] - c[:-1]).abs().min().detach()
+            shift = torch.maximum(torch.minimum(self.xi_c, window), -window)
+            t_eval = torch.cat([t[:1], self.inv(c_eval[1:] + shift)])
+        else:
+            t_eval = solvers.default_t_eval(self.solver, t)
+        return t, t_eval
+
+    @torch.no_grad()
+    def init_from(self, sched: Schedule) -> None:
+        """Set xi (and xi_c) so that the parameters reproduce `sched` exactly (up to the window clip)."""
+        if not solvers.layout_matches(self.solver, sched.t.numel(), sched.nfe) or sched.nfe != self.nfe:
+            raise ValueError(f"init schedule has {sched.nfe} calls and {sched.t.numel()} times: it does not fit "
+                             f"{self.solver} at nfe={self.nfe}")
+        if sched.final != "t_min":
+            raise ValueError("LD3 learns schedules that end at t_min; the init schedule has final='zero'")
+        t = sched.t
+        if not (math.isclose(float(t[0]), self.noise.t_max, rel_tol=1e-9)
+                and math.isclose(float(t[-1]), self.noise.t_min, rel_tol=1e-9)):
+            raise ValueError(f"init schedule must run from t_max={self.noise.t_max} to t_min={self.noise.t_min}, "
+                             f"got {float(t[0])} .. {float(t[-1])}")
+        c = self.coord(t)
+        p = ((c[1:] - c[:-1]) / (self.c_lo - self.c_hi)).clamp_min(1e-300)
+        self.xi.copy_(torch.log(p) - torch.log(p).mean())
+        if self.decoupled and self.nfe > 1:
+            self.xi_c.copy_(self.coord(sched.t_eval[1:]) - solvers.default_t_eval(self.solver, c)[1:])
+
+
+def project_ball(z_new: torch.Tensor, z0: torch.Tensor, radius: float) -> torch.Tensor:
+    """The point of the ball ||z - z0|| <= radius (per sample) nearest to z_new."""
+    d = (z_new - z0).flatten(1)
+    norm = d.norm(dim=1, keepdim=True)
+    scale = torch.clamp(radius / norm.clamp_min(1e-30), max=1.0)
+    return z0 + (d * scale).view_as(z0)
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass
+class LearnResult:
+    schedule: Schedule
+    history: list[dict]
+    stats: dict = field(default_factory=dict)
+
+
+class LD3Trainer:
+    """One LD3 run; `fit()` trains round by round with a checkpoint after each round."""
+
+    def __init__(self, den: Denoiser, *, solver: str, order: int | None, nfe: int, teacher: TeacherData,
+                 config: LD3Config, loss="l2", decoder=None, init: Schedule | None = None, out: str | None = None,
+                 checkpoint_calls: bool = False, show_progress: bool = True, **solver_options):
+        config.validate()
+        spec = solvers.get_solver(solver)
+        self.order = solvers.resolve_order(spec, order)
+        self.solver, self.nfe, self.cfg, self.den = solver, nfe, config, den
+        self.solver_options = dict(solver_options)
+        if "lower_order_final" in spec.options and self.solver_options.get("lower_order_final") is None:
+            self.solver_options["lower_order_final"] = solvers.steps_for_nfe(solver, nfe) \
+                < solvers.LOWER_ORDER_FINAL_BELOW
+        if "variant" in spec.options:
+            self.solver_options["variant"] = solvers.resolve_variant(spec, self.solver_options.get("variant"))
+        need = config.n_train + config.n_valid
+        if len(teacher) < need:
+            raise ValueError(f"teacher data has {len(teacher)} pairs; n_train + n_valid = {need}")
+        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "callable")
+        self.dist, self.decoder = get_loss(loss), decoder
+        self.out, self.checkpoint_calls, self.show_progress = out, checkpoint_calls, show_progress
+        self.train = teacher.subset(slice(0, config.n_train))
+        self.valid = teacher.subset(slice(config.n_train, need))
+        self.teacher_info = teacher.info
+        self.device = next((p.device for p in den.parameters()), torch.device("cpu"))
+        self.dtype = torch.float32
+        self.y_train, self.y_valid = self._decoded(self.train.y), self._decoded(self.valid.y)
+        self.params = TimeParams(den.noise, solver, nfe, config.mode, config.win_rate, config.decoupled, init)
+        self.params.to(self.device)
+        self.lr_xi_c = config.lr_xi_c if config.lr_xi_c is not None else 0.1 / nfe
+        self.lr_z = config.lr_z if config.lr_z is not None else 12.0 / nfe
+        dim = math.prod(teacher.z.shape[1:])
+        self.radius = config.gamma * dim / nfe**2 if config.soft else 0.0
+        self.opt_xi = torch.optim.RMSprop([self.params.xi], lr=config.lr_xi, momentum=config.momentum_xi)
+        self.opt_xi_c = torch.optim.SGD([self.params.xi_c], lr=self.lr_xi_c)
+        self.z_train = self.train.z.clone()
+        self.z_valid = self.valid.z.clone()
+        self.round, self.count_worse, self.calls = 0, 0, 0
+        self.history: list[dict] = []
+        self.best = None  # (valid hard loss, round, xi, xi_c)
+        self.elapsed = 0.0
+
+    # ----- the student ----------------------------------------------------------------
+
+    def _decoded(self, y):
+        y = y.to(self.device, self.dtype)
+        if self.decoder is None:
+            return y
+        with torch.no_grad():
+            return self.decoder(y)
+
+    def student(self, z: torch.Tensor, cond) -> torch.Tensor:
+        t, t_eval = self.params()
+        plan = solvers.make_plan(self.den.noise, t, t_eval, solver=self.solver, order=self.order,
+                                 **self.solver_options)
+        self.calls += plan.nfe
+        x = run_plan(plan, self.den, z.to(self.device, self.dtype), cond, checkpoint=self.checkpoint_calls)
+        return x if self.decoder is None else self.decoder(x)
+
+    def distances(self, z, y, cond) -> torch.Tensor:
+        return self.dist(self.student(z, cond), y)
+
+    def _cond(self, data: TeacherData, idx):
+        return None if data.cond is None else data.cond[idx].to(self.device)
+
+    # ----- one round ------------------------------------------------------------------
+
+    def phase(self, r: int) -> int:
+        return 1 if r < self.cfg.rounds_xi else 2
+
+    @property
+    def total_rounds(self) -> int:
+        return self.cfg.rounds_xi + self.cfg.rounds_both
+
+    def _soft_step(self, z_store, z_true, y, cond, idx, update_params: bool):
+        """Loss at the stored z', one SGD step on z' (and the time parameters), accept-if-better."""
+        z = z_store[idx].to(self.device, self.dtype).requires_grad_(self.cfg.soft)
+        losses = self.distances(z, y[idx], cond)
+        if not torch.isfinite(losses).all():
+            raise NonFiniteLoss(f"non-finite loss {losses.detach().tolist()} at round {self.round}")
+        self.opt_xi.zero_grad()
+        self.opt_xi_c.zero_grad()
+        losses.mean().backward()
+        if update_params:
+            nn.utils.clip_grad_norm_([self.params.xi], self.cfg.clip)
+            nn.utils.clip_grad_norm_([self.params.xi_c], self.cfg.clip)
+            self.opt_xi.step()
+            if self.phase(self.round) == 2 and self.cfg.decoupled:
+                self.opt_xi_c.step()
+        if self.cfg.soft:
+            with torch.no_grad():
+                z0 = z_true[idx].to(self.device, self.dtype)
+                z_new = project_ball(z.detach() - self.lr_z * z.grad, z0, self.radius)
+                accept = self.distances(z_new, y[idx], cond) < losses.detach()
+                z_store[idx[accept.cpu()]] = z_new[accept].cpu()
+        return losses.detach()
+
+    def validate(self) -> dict:
+        """Held-out losses: hard (from the true z) and soft (after this round's z' step)."""
+        idx = torch.arange(len(self.valid))
+        cond = self._cond(self.valid, idx)
+        with torch.no_grad():
+            hard = self.distances(self.valid.z.to(self.device, self.dtype), self.y_valid, cond)
+        if self.cfg.soft:
+            self._soft_step(self.z_valid, self.valid.z, self.y_valid, cond, idx, update_params=False)
+            with torch.no_grad():
+                soft = self.distances(self.z_valid.to(self.device, self.dtype), self.y_valid, cond)
+        else:
+            soft = hard
+        return {"valid_hard": hard.mean().item(), "valid_soft": soft.mean().item()}
+
+    def train_round(self) -> dict:
+        r = self.round
+        if self.best is not None:  # every round starts from the best parameters so far
+            self._set_params(self.best["xi"], self.best["xi_c"])
+        order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(self.cfg.seed * 7919 + r))
+        batches = order.split(self.cfg.batch_size)
+        losses, message = [], None
+        bar = progress(batches, desc=f"LD3 round {r + 1}/{self.total_rounds} (phase {self.phase(r)})",
+                       disable=not self.show_progress)
+        for idx in bar:
+            good = (self.params.xi.detach().clone(), self.params.xi_c.detach().clone())
+            try:
+                loss = self._soft_step(self.z_train, self.train.z, self.y_train, self._cond(self.train, idx), idx,
+                                       update_params=True)
+            except NonFiniteLoss as e:
+                self._set_params(*good)
+                message = f"{e}; round stopped, last good parameters kept"
+                warnings.warn(f"LD3: {message}", stacklevel=2)
+                break
+            if not (torch.isfinite(self.params.xi).all() and torch.isfinite(self.params.xi_c).all()):
+                self._set_params(*good)
+                message = f"non-finite parameters after a step at round {r}; round stopped, last good parameters kept"
+                warnings.warn(f"LD3: {message}", stacklevel=2)
+                break
+            losses.append(loss.mean().item())
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(train=f"{sum(losses) / len(losses):.4f}")
+        rec = {"round": r, "phase": self.phase(r), "train_soft": sum(losses) / len(losses) if losses else float("nan"),
+               **self.validate(), "lr_xi": self.opt_xi.param_groups[0]["lr"],
+               "lr_xi_c": self.opt_xi_c.param_groups[0]["lr"], "calls": self.calls}
+        if message:
+            rec["stopped"] = message
+        self._select(rec)
+        return rec
+
+    def _select(self, rec: dict) -> None:
+        if self.best is None or rec["valid_hard"] < self.best["valid_hard"]:
+            self.best = {"valid_hard": rec["valid_hard"], "valid_soft": rec["valid_soft"], "round": rec["round"],
+                         "xi": self.params.xi.detach().clone(), "xi_c": self.params.xi_c.detach().clone()}
+            self.count_worse = 0
+        else:
+            self.count_worse += 1
+            if self.count_worse >= self.cfg.patience:
+                self.count_worse = 0
+                for opt, floor in ((self.opt_xi, self.cfg.min_lr_xi), (self.opt_xi_c, self.cfg.min_lr_xi_c)):
+                    opt.param_groups[0]["lr"] = max(opt.param_groups[0]["lr"] * self.cfg.lr_decay, floor)
+        rec["best_round"] = self.best["round"]
+
+    def _set_params(self, xi, xi_c):
+        with torch.no_grad():
+            self.params.xi.copy_(xi)
+            self.params.xi_c.copy_(xi_c)
+
+    # ----- checkpoints ----------------------------------------------------------------
+
+    def identity(self) -> dict:
+        return {"solver": self.solver, "order": self.order, "nfe": self.nfe, "options": self.solver_options,
+                "fingerprint": self.den.fingerprint(), "config": dataclasses.asdict(self.cfg),
+                "loss": self.loss_name, "teacher": self.teacher_info}
+
+    def state_dict(self) -> dict:
+        return {"identity": self.identity(), "round": self.round, "count_worse": self.count_worse,
+                "calls": self.calls, "elapsed": self.elapsed, "history": self.history, "best": self.best,
+                "params": self.params.state_dict(), "opt_xi": self.opt_xi.state_dict(),
+                "opt_xi_c": self.opt_xi_c.state_dict(), "z_train": self.z_train, "z_valid": self.z_valid}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine, theirs = self.identity(), state["identity"]
+        diff = [k for k in mine if mine[k] != theirs.get(k)]
+        if diff:
+            raise ValueError(f"the checkpoint belongs to another run (differs in {', '.join(diff)}); "
+                             "remove it or start without --resume")
+        self.round, self.count_worse, self.calls = state["round"], state["count_worse"], state["calls"]
+        self.elapsed, self.history, self.best = state["elapsed"], state["history"], state["best"]
+        self.params.load_state_dict(state["params"])
+        self.opt_xi.load_state_dict(state["opt_xi"])
+        self.opt_xi_c.load_state_dict(state["opt_xi_c"])
+        self.z_train, self.z_valid = state["z_train"], state["z_valid"]
+
+    def save_checkpoint(self) -> None:
+        if self.out is None:
+            return
+        path = os.path.join(self.out, CHECKPOINT)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    # ----- the run --------------------------------------------------------------------
+
+    def initial_record(self) -> dict:
+        rec = {"round": -1, "phase": 0, "train_soft": float("nan"), **self.validate(), "calls": self.calls}
+        self._select(rec)
+        return rec
+
+    def fit(self) -> LearnResult:
+        start = time.perf_counter() - self.elapsed
+        if not self.history:
+            self.history.append(self.initial_record())
+            self.save_checkpoint()
+        while self.round < self.total_rounds:
+            self.history.append(self.train_round())
+            self.round += 1
+            self.elapsed = time.perf_counter() - start
+            self.save_checkpoint()
+        self._set_params(self.best["xi"], self.best["xi_c"])
+        return LearnResult(self.schedule(), self.history, self.stats())
+
+    def stats(self) -> dict:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+        s = {"network_calls": self.calls, "seconds": self.elapsed, "peak_rss_mib": peak}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            s["peak_cuda_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return s
+
+    def schedule(self) -> Schedule:
+        with torch.no_grad():
+            t, t_eval = self.params()
+        init = self.history[0]
+        return Schedule(
+            t=t.cpu(), t_eval=t_eval.cpu(), noise=self.den.noise, final="t_min", solver=self.solver,
+            order=self.order, variant=self.solver_options.get("variant"),
+            lower_order_final=self.solver_options.get("lower_order_final"),
+            guidance_scale=self.den.guidance_scale, fingerprint=self.den.fingerprint(), origin="ld3",
+            metrics={"valid_hard": self.best["valid_hard"], "valid_soft": self.best["valid_soft"],
+                     "valid_hard_init": init["valid_hard"], "valid_soft_init": init["valid_soft"],
+                     "best_round": self.best["round"], "loss": self.loss_name},
+            info={"mode": self.cfg.mode, "teacher": self.teacher_info.get("teacher"),
+                  "teacher_seed": self.teacher_info.get("seed"), "n_train": self.cfg.n_train,
+                  "n_valid": self.cfg.n_valid, "seed": self.cfg.seed, "soft": self.cfg.soft,
+                  "decoupled": self.cfg.decoupled, "rounds": [self.cfg.rounds_xi, self.cfg.rounds_both],
+                  "stats": self.stats()})
+
+
+def _teacher_data(den, teacher, shape, n, seed, cond, out, show_progress) -> TeacherData:
+    if isinstance(teacher, TeacherData):
+        return teacher
+    if isinstance(teacher, (str, os.PathLike)):
+        return TeacherData.load(teacher)
+    spec = TeacherSpec(**teacher) if isinstance(teacher, dict) else (teacher or TeacherSpec())
+    if not isinstance(spec, TeacherSpec):
+        raise TypeError(f"teacher must be a TeacherSpec, a dict of its fields, TeacherData or a file path, "
+                        f"got {type(teacher).__name__}")
+    path = None if out is None else os.path.join(out, TEACHER_FILE)
+    if path and os.path.isfile(path):
+        data = TeacherData.load(path)
+        same = (data.info.get("teacher") == spec.describe() and data.info.get("seed") == seed
+                and data.info.get("fingerprint") == den.fingerprint() and len(data) >= n
+                and tuple(data.info.get("shape", ())) == tuple(shape))
+        if same:
+            return data
+    data = make_teacher(den, shape, n, spec=spec, seed=seed, cond=cond, show_progress=show_progress)
+    if path:
+        data.save(path)
+    return data
+
+
+def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, shape, mode: str = "lambda",
+          teacher=None, n_train: int = 50, n_valid: int = 50, loss="l2", decoder=None, cond=None,
+          init: Schedule | None = None, out: str | None = None, resume: bool = False, seed: int = 0,
+          checkpoint_calls: bool = False, show_progress: bool = True, config: LD3Config | None = None,
+          **solver_options) -> LearnResult:
+    """Learn a schedule (t and t_eval) for one model, solver, order and nfe with LD3.
+
+    shape: of one sample (e.g. (1, 8, 8)). teacher: a TeacherSpec (default UniPC-3, 20 steps,
+    EDM rho = 7), a dict of its fields, TeacherData, or the path of a saved teacher file.
+    cond: per-pair conditions ([n_train + n_valid, ...]) or a callable (n, generator) -> tensor.
+    loss: "l2" | "l1" | "pseudo_huber" | "lpips" | callable (x, y) -> [B]; decoder: applied to
+    student and teacher samples before the distance (latent models).
+    out: folder for the teacher pairs, a checkpoint after every round (resume=True continues
+    an interrupted run), the schedule and its plots. solver_options: variant, lower_order_final.
+    """
+    if not isinstance(den, Denoiser):
+        raise TypeError(f"expected an ldd_fast Denoiser, got {type(den).__name__}")
+    unknown = set(solver_options) - {"variant", "lower_order_final"}
+    if unknown:
+        raise TypeError(f"unknown solver option(s) {sorted(unknown)}; known: variant, lower_order_final")
+    solvers.steps_for_nfe(solver, nfe)
+    cfg = dataclasses.replace(config or LD3Config(), mode=mode, n_train=n_train, n_valid=n_valid, seed=seed)
+    cfg.validate()
+    if out is not None:
+        os.makedirs(out, exist_ok=True)
+    ckpt = None if out is None else os.path.join(out, CHECKPOINT)
+    if ckpt and os.path.isfile(ckpt) and not resume:
+        raise FileExistsError(f"{ckpt} exists from an earlier run: pass resume=True (--resume) to continue it, "
+                              "or remove it to start over")
+    # LD3 needs a deterministic network (eval mode) and no gradients for its weights.
+    den.eval()
+    frozen = [(p, p.requires_grad) for p in den.parameters()]
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    try:
+        return _learn(den, solver, order, nfe, shape, cfg, teacher, loss, decoder, cond, init, out, resume,
+                      ckpt, checkpoint_calls, show_progress, solver_options)
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+
+
+def _learn(den, solver, order, nfe, shape, cfg, teacher, loss, decoder, cond, init, out, resume, ckpt,
+           checkpoint_calls, show_progress, solver_options) -> LearnResult:
+    data = _teacher_data(den, teacher, shape, cfg.n_train + cfg.n_valid, cfg.seed, cond, out, show_progress)
+    trainer = LD3Trainer(den, solver=solver, order=order, nfe=nfe, teacher=data, config=cfg, loss=loss,
+                         decoder=decoder, init=init, out=out, checkpoint_calls=checkpoint_calls,
+                         show_progress=show_progress, **solver_options)
+    if resume and ckpt and os.path.isfile(ckpt):
+        trainer.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False))
+    result = trainer.fit()
+    if out is not None:
+        result.schedule.save(os.path.join(out, "schedule.json"))
+        try:
+            from .plots import plot_learning
+            plot_learning(result, init_schedule=init, out=out)
+        except ImportError:
+            pass
+    return result
