@@ -213,9 +213,10 @@ class Denoiser(nn.Module):
             self._fingerprint = (key, h.hexdigest())
         return self._fingerprint[1]
 
-    def extra_repr(self):
-        return (f"prediction={self.prediction!r}, noise={self.noise!r}, guidance_scale={self.guidance_scale}, "
-                f"time_input={self.time_input if isinstance(self.time_input, str) else 'callable'!r}")
+    def __repr__(self):
+        time_input = self.time_input if isinstance(self.time_input, str) else "callable"
+        return (f"Denoiser({type(self.net).__name__}, prediction={self.prediction!r}, noise={self.noise!r}, "
+                f"time_input={time_input!r}, guidance_scale={self.guidance_scale})")
 
 
 def _state_tensors(net) -> list[tuple[str, torch.Tensor]]:

@@ -1,0 +1,269 @@
+"""The quality benchmark: every solver x schedule x NFE on the built-in models, against one converged teacher.
+
+For each built-in model, held-out noise seeds (never used by LD3, which draws its pairs from
+seed 0) are solved by a reference teacher (UniPC-3, 200 steps, EDM rho = 7, checked against
+DPM-Solver++ 3M at 200 steps) and by each low-NFE cell. A cell reports the teacher-matching
+RMSE / PSNR (mean over seeds, bootstrap interval) and the digits Frechet distance of its first
+300 samples against the held-out digits (ldd_fast.metrics). Learned schedules found under
+--learned join the table, compared with the best hand-made schedule of the same solver and
+NFE by a paired bootstrap over seeds.
+
+Cells are computed and saved one by one (a JSON line each), so an interrupted run resumes where
+it stopped. Outputs under --out: quality_cells.jsonl, quality.csv, quality.md, and plots.
+
+    ldd-fast quality                      # minutes: NFE 4 and 6, 300 seeds
+    ldd-fast quality --full               # NFE 3-10 (Heun 3-9), 1000 seeds
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+
+import torch
+
+from . import schedule as schedule_mod
+from .metrics import FD_SAMPLES, DigitsMetrics, bootstrap_mean, paired_bootstrap, psnr, rmse
+from .progress import progress
+from .sample import sample
+from .schedule import Schedule, atomic_write_text, discretize
+from .teacher import noise_for
+
+HELDOUT_SEED = 20_251_128
+REFERENCE = ("unipc", 3, 200)  # solver, order, steps (EDM rho = 7 schedule)
+CHECK = ("dpmpp", 3, 200)
+SOLVERS = [("euler", 1, None), ("dpmpp", 2, None), ("dpmpp", 3, None), ("unipc", 3, "bh1"),
+           ("unipc", 3, "bh2"), ("ipndm", 4, None), ("heun", 2, None)]
+QUICK = {"nfes": [4, 6], "heun_nfes": [5], "n": FD_SAMPLES}
+FULL = {"nfes": [3, 4, 5, 6, 8, 10], "heun_nfes": [3, 5, 7, 9], "n": 1000}
+MODELS = ("digits", "digits_vp")
+
+
+def solver_label(solver, order, variant) -> str:
+    return f"{solver}{order}" + (f"-{variant}" if variant else "")
+
+
+def learned_path(learned_dir: str, model: str, solver: str, order: int, variant, nfe: int) -> str:
+    return os.path.join(learned_dir, model, f"{solver_label(solver, order, variant)}_nfe{nfe}", "schedule.json")
+
+
+def _sample(den, z, sched, solver, order, variant, batch=500):
+    with torch.no_grad():
+        return torch.cat([sample(den, c, sched, solver=solver, order=order, variant=variant) for c in z.split(batch)])
+
+
+def reference(den, model: str, n: int, cache: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(z, reference samples, check record), cached under `cache`."""
+    path = os.path.join(cache, f"{model}_reference_{n}.pt")
+    if os.path.isfile(path):
+        d = torch.load(path, weights_only=False)
+        return d["z"], d["y"], d["check"]
+    z = noise_for(n, den.sample_shape, HELDOUT_SEED)
+    s, o, k = REFERENCE
+    y = _sample(den, z, discretize(den.noise, k, "edm", solver=s), s, o, None)
+    s2, o2, k2 = CHECK
+    y2 = _sample(den, z, discretize(den.noise, k2, "edm", solver=s2), s2, o2, None)
+    err = rmse(y, y2)
+    check = {"reference": f"{s}{o} {k} steps edm", "check": f"{s2}{o2} {k2} steps edm",
+             "rmse_mean": err.mean().item(), "rmse_max": err.max().item()}
+    os.makedirs(cache, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save({"z": z, "y": y, "check": check}, tmp)
+    os.replace(tmp, path)
+    return z, y, check
+
+
+def _cells(models, solvers, nfes, heun_nfes, kinds, learned_dir):
+    for model in models:
+        for solver, order, variant in solvers:
+            for nfe in (heun_nfes if solver == "heun" else nfes):
+                for kind in kinds:
+                    yield model, solver, order, variant, nfe, kind, None
+                if learned_dir:
+                    path = learned_path(learned_dir, model, solver, order, variant, nfe)
+                    if os.path.isfile(path):
+                        yield model, solver, order, variant, nfe, "ld3", path
+
+
+def cell_key(model, solver, order, variant, nfe, name) -> str:
+    return f"{model}|{solver_label(solver, order, variant)}|{nfe}|{name}"
+
+
+def run(*, models=MODELS, n: int, nfes, heun_nfes, out: str, learned_dir: str | None = None,
+        solvers=SOLVERS, kinds=schedule_mod.KINDS, n_boot: int = 200, show_progress: bool = True) -> list[dict]:
+    """Compute (or resume) every cell; returns all cell records."""
+    from .zoo.builtin import load
+
+    os.makedirs(out, exist_ok=True)
+    cache = os.path.join(out, "cache")
+    cells_path = os.path.join(out, "quality_cells.jsonl")
+    done = {}
+    if os.path.isfile(cells_path):
+        with open(cells_path) as f:
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    done[rec["key"]] = rec
+    metrics = DigitsMetrics()
+    todo = [c for c in _cells(models, solvers, nfes, heun_nfes, kinds, learned_dir)
+            if cell_key(*c[:6]) not in done]
+    dens, refs = {}, {}
+    for model, solver, order, variant, nfe, name, path in progress(todo, desc="quality cells",
+                                                                   disable=not show_progress):
+        if model not in dens:
+            dens[model] = load(model)
+            refs[model] = reference(dens[model], model, n, cache)
+        den = dens[model]
+        z, y, check = refs[model]
+        sched = Schedule.load(path) if path else discretize(den.noise, nfe, name, solver=solver)
+        t0 = time.perf_counter()
+        x = _sample(den, z, sched, solver, order, variant)
+        err = rmse(x, y)
+        key = cell_key(model, solver, order, variant, nfe, name)
+        torch.save(err, os.path.join(cache, key.replace("|", "_") + ".pt"))
+        rec = {"key": key, "model": model, "solver": solver_label(solver, order, variant), "nfe": nfe,
+               "schedule": name, "n": n, "rmse": bootstrap_mean(err), "psnr": bootstrap_mean(psnr(x, y)),
+               "fd": metrics.fd(x[:FD_SAMPLES], n_boot=n_boot), "seconds": time.perf_counter() - t0,
+               "reference_check": check}
+        with open(cells_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        done[key] = rec
+    records = [done[cell_key(*c[:6])] for c in _cells(models, solvers, nfes, heun_nfes, kinds, learned_dir)]
+    comparisons = compare_learned(records, out, metrics, dens, refs, n_boot)
+    write_reports(records, comparisons, out)
+    return records
+
+
+def compare_learned(records, out, metrics, dens, refs, n_boot) -> list[dict]:
+    """LD3 vs the best hand-made schedule of the same model, solver and NFE: paired bootstraps."""
+    cache = os.path.join(out, "cache")
+    by_group = {}
+    for r in records:
+        by_group.setdefault((r["model"], r["solver"], r["nfe"]), []).append(r)
+    rows = []
+    for (model, solver, nfe), recs in by_group.items():
+        learned = [r for r in recs if r["schedule"] == "ld3"]
+        hand = [r for r in recs if r["schedule"] != "ld3"]
+        if not learned or not hand:
+            continue
+        best = min(hand, key=lambda r: r["rmse"]["mean"])
+        la = torch.load(os.path.join(cache, learned[0]["key"].replace("|", "_") + ".pt"))
+        lb = torch.load(os.path.join(cache, best["key"].replace("|", "_") + ".pt"))
+        row = {"model": model, "solver": solver, "nfe": nfe, "best_hand_made": best["schedule"],
+               "rmse_ld3": learned[0]["rmse"]["mean"], "rmse_best": best["rmse"]["mean"],
+               "rmse": paired_bootstrap(la, lb)}
+        rows.append(row)
+    atomic_write_text(os.path.join(out, "quality_ld3.json"), json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+def _fmt(ci: dict, key="mean", digits=4) -> str:
+    return f"{ci[key]:.{digits}f} [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]"
+
+
+def write_reports(records, comparisons, out) -> None:
+    fields = ["model", "solver", "nfe", "schedule", "n", "rmse", "rmse_lo", "rmse_hi", "psnr", "fd", "fd_lo", "fd_hi"]
+    rows = [{"model": r["model"], "solver": r["solver"], "nfe": r["nfe"], "schedule": r["schedule"], "n": r["n"],
+             "rmse": r["rmse"]["mean"], "rmse_lo": r["rmse"]["lo"], "rmse_hi": r["rmse"]["hi"],
+             "psnr": r["psnr"]["mean"], "fd": r["fd"]["fd"], "fd_lo": r["fd"].get("lo"), "fd_hi": r["fd"].get("hi")}
+            for r in records]
+    lines = []
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(os.path.join(out, "quality.csv"), buf.getvalue())
+    lines = ["# Quality benchmark: teacher-matching RMSE (PSNR) and digits FD per cell\n",
+             "RMSE against the converged reference teacher on held-out seeds: mean [95% bootstrap interval]. "
+             f"FD: {FD_SAMPLES} samples vs the {FD_SAMPLES} held-out digits, in the features of the project's "
+             "digits classifier (not FID); interval: bootstrap over seeds (biased upwards, comparable between "
+             "cells).\n"]
+    if records:
+        lines.append(f"Reference check: {records[0]['reference_check']}\n")
+    for model in dict.fromkeys(r["model"] for r in records):
+        lines += [f"## {model}\n", "| solver | nfe | schedule | RMSE | PSNR dB | FD |", "|---|---|---|---|---|---|"]
+        for r in records:
+            if r["model"] == model:
+                lines.append(f"| {r['solver']} | {r['nfe']} | {r['schedule']} | {_fmt(r['rmse'])} | "
+                             f"{r['psnr']['mean']:.2f} | {_fmt(r['fd'], 'fd', 2) if 'lo' in r['fd'] else ''} |")
+        lines.append("")
+    if comparisons:
+        lines += ["## LD3 vs the best hand-made schedule (paired bootstrap over seeds)\n",
+                  "| model | solver | nfe | best hand-made | RMSE LD3 | RMSE best | ratio [95%] | difference excludes 0 |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for c in comparisons:
+            r = c["rmse"]
+            lines.append(f"| {c['model']} | {c['solver']} | {c['nfe']} | {c['best_hand_made']} | {c['rmse_ld3']:.4f} | "
+                         f"{c['rmse_best']:.4f} | {r['ratio']:.3f} [{r['ratio_lo']:.3f}, {r['ratio_hi']:.3f}] | "
+                         f"{'yes' if r['excludes_zero'] else 'no'} |")
+    atomic_write_text(os.path.join(out, "quality.md"), "\n".join(lines) + "\n")
+    try:
+        plot_quality(records, out)
+    except ImportError:
+        pass
+
+
+def plot_quality(records, out) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for model in dict.fromkeys(r["model"] for r in records):
+        recs = [r for r in records if r["model"] == model]
+        solvers = list(dict.fromkeys(r["solver"] for r in recs))
+        cols = min(4, len(solvers))
+        rows = (len(solvers) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+        for ax, solver in zip(axes.flat, solvers):
+            for name in dict.fromkeys(r["schedule"] for r in recs):
+                pts = sorted((r["nfe"], r["rmse"]["mean"]) for r in recs if r["solver"] == solver
+                             and r["schedule"] == name)
+                if pts:
+                    ax.plot(*zip(*pts), "o-", label=name)
+            ax.set_title(solver)
+            ax.set_xlabel("NFE")
+            ax.set_ylabel("RMSE to teacher")
+            ax.set_yscale("log")
+        for ax in list(axes.flat)[len(solvers):]:
+            ax.axis("off")
+        axes.flat[0].legend(fontsize=7)
+        fig.suptitle(f"{model}: teacher-matching error vs NFE")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, f"quality_{model}.png"), dpi=110)
+        plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="ldd-fast quality", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="NFE 3-10 with 1000 seeds (default: NFE 4 and 6, 300 seeds)")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--nfe", type=int, nargs="+", help="override the NFE list (multistep solvers)")
+    ap.add_argument("--heun-nfe", type=int, nargs="+", help="override the NFE list of Heun (odd)")
+    ap.add_argument("--solvers", nargs="+", help="subset, e.g. unipc3-bh2 ipndm4")
+    ap.add_argument("-n", type=int, help="number of held-out seeds (>= 300)")
+    ap.add_argument("--out", default="benchmarks/results/quality", help="output folder (resumes what is there)")
+    ap.add_argument("--learned", default="benchmarks/results/ld3", help="folder of learned schedules to include")
+    ap.add_argument("--boot", type=int, default=200, help="bootstrap resamples for the FD interval")
+    args = ap.parse_args(argv)
+    size = dict(FULL if args.full else QUICK)
+    nfes, heun = args.nfe or size["nfes"], args.heun_nfe or size["heun_nfes"]
+    n = args.n or size["n"]
+    if n < FD_SAMPLES:
+        raise ValueError(f"-n must be at least {FD_SAMPLES} (the FD sample count)")
+    solvers = SOLVERS
+    if args.solvers:
+        known = {solver_label(*s): s for s in SOLVERS}
+        unknown = [s for s in args.solvers if s not in known]
+        if unknown:
+            raise ValueError(f"unknown solver label(s) {unknown}; known: {sorted(known)}")
+        solvers = [known[s] for s in args.solvers]
+    run(models=args.models, n=n, nfes=nfes, heun_nfes=heun, out=args.out, learned_dir=args.learned,
+        solvers=solvers, n_boot=args.boot)
+    print(f"wrote {os.path.join(args.out, 'quality.md')} (+ .csv, cells, plots)")
+    return 0

@@ -1,0 +1,65 @@
+"""Built-in pretrained models ("the zoo"): small class-conditional U-Nets on scikit-learn's 8x8 digits.
+
+Two networks ship, both :class:`~ldd_fast.zoo.unet.TinyUNet` (EMA weights):
+
+* ``"digits"``: EDM preconditioning (Karras et al. 2022), sigma in [0.002, 80];
+  raw network input ``F(c_in x, ln(sigma)/4, cond)``.
+* ``"digits_vp"``: DDPM 1000-step linear-beta eps-prediction (Ho et al. 2020);
+  network input ``F(x_k, k, cond)`` with the float index ``k = 1000 t - 1``.
+
+``cond`` holds labels 0..9, or None / 10 for the null class (classifier-free
+guidance). :func:`load_network` returns the raw network and its JSON
+description (noise parameters, training record, reference denoising losses);
+wrapping it into a sampler-side denoiser is the core package's job. Nothing
+is downloaded: weights live in ``ldd_fast/zoo/weights``.
+
+This module imports only zoo modules, so it stays importable while the core
+package changes.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from .unet import TinyUNet
+
+__all__ = ["TinyUNet", "load_network", "available", "weights_dir"]
+
+_NAMES = {"digits": "digits_edm", "digits_vp": "digits_vp"}
+
+
+def weights_dir() -> str:
+    """The directory the shipped weights are read from."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`load_network` whose weights are present."""
+    return [n for n, stem in _NAMES.items() if os.path.isfile(os.path.join(weights_dir(), stem + ".safetensors"))]
+
+
+def load_network(name: str, device="cpu") -> tuple[TinyUNet, dict]:
+    """Load a built-in network with its EMA weights: returns ``(net in eval mode, config dict)``.
+
+    ``name`` is ``"digits"`` (EDM) or ``"digits_vp"`` (DDPM eps). The config dict is the JSON
+    written by ``python -m ldd_fast.zoo.train``; ``config["network"]`` rebuilds the net with
+    ``TinyUNet(**config["network"])``.
+    """
+    if name not in _NAMES:
+        raise ValueError(f"unknown zoo model {name!r}; available names: {sorted(_NAMES)}")
+    stem = _NAMES[name]
+    wpath = os.path.join(weights_dir(), stem + ".safetensors")
+    jpath = os.path.join(weights_dir(), stem + ".json")
+    if not (os.path.isfile(wpath) and os.path.isfile(jpath)):
+        variant = "edm" if name == "digits" else "vp"
+        raise FileNotFoundError(f"weights for zoo model {name!r} are missing ({wpath}); train them with "
+                                f"`python -m ldd_fast.zoo.train digits --variant {variant}`")
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise ImportError("loading zoo weights needs safetensors: pip install safetensors") from exc
+    with open(jpath) as f:
+        config = json.load(f)
+    net = TinyUNet(**config["network"])
+    net.load_state_dict(load_file(wpath, device="cpu"), strict=True)
+    return net.to(device).eval().requires_grad_(False), config

@@ -1,0 +1,33 @@
+"""The built-in models as ready Denoisers (no network access; weights ship in the package)."""
+from __future__ import annotations
+
+import torch
+
+from ..denoiser import Denoiser
+from ..noise import EDM, VPDiscrete
+from . import load_network
+
+NULL_CLASS = 10
+SAMPLE_SHAPE = (1, 8, 8)
+
+
+def load(name: str = "digits", *, guidance_scale: float = 1.0, device="cpu") -> Denoiser:
+    """A built-in model: "digits" (EDM preconditioning, sigma in [0.002, 80]) or "digits_vp"
+    (DDPM 1000-step linear betas, eps prediction).
+
+    The Denoiser carries `sample_shape` (1, 8, 8), `name` and `info` (the training record and
+    reference denoising losses). Conditions are class labels 0..9 (a LongTensor per sample);
+    the null class 10 is the unconditional model, used for guidance.
+    """
+    net, info = load_network(name, device=device)
+    noise_info = info["noise"]
+    if info["variant"] == "edm":
+        noise = EDM(noise_info["sigma_min"], noise_info["sigma_max"])
+        den = Denoiser(net, noise, prediction="edm", sigma_data=noise_info["sigma_data"],
+                       guidance_scale=guidance_scale, null_cond=torch.tensor(NULL_CLASS))
+    else:
+        noise = VPDiscrete.linear(noise_info["beta_start"], noise_info["beta_end"], noise_info["num_train_timesteps"])
+        den = Denoiser(net, noise, prediction="eps", time_input="index", guidance_scale=guidance_scale,
+                       null_cond=torch.tensor(NULL_CLASS))
+    den.name, den.info, den.sample_shape = name, info, SAMPLE_SHAPE
+    return den.eval()

@@ -1,0 +1,82 @@
+"""The `ldd-fast` command line, end to end on tiny settings."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ldd_fast as lf
+from ldd_fast.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def tiny_model():
+    """A module:factory model for --model (an exact Gaussian-mixture denoiser)."""
+    from ldd_fast.analytic import GaussianMixture
+
+    noise = lf.EDM()
+    net = GaussianMixture(noise, torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0)), 0.2)
+    den = lf.Denoiser(net, noise, prediction="x0", time_input="sigma")
+    den.sample_shape = (1, 4, 4)
+    return den
+
+
+def test_help_is_there_for_a_newcomer():
+    out = subprocess.run([sys.executable, "-m", "ldd_fast.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "demo" in out.stdout and "learn" in out.stdout and "sample" in out.stdout
+
+
+def test_sample_writes_a_grid(tmp_path, capsys):
+    path = tmp_path / "grid.png"
+    code, out, err = run(capsys, "sample", "--model", "digits", "--solver", "unipc", "--order", "3", "--nfe", "4",
+                         "--schedule", "edm", "-n", "4", "--out", str(path))
+    assert code == 0, err
+    assert path.stat().st_size > 100 and "4 samples" in out
+
+
+def test_learn_then_sample_with_the_learned_schedule(tmp_path, capsys):
+    sched = tmp_path / "s.json"
+    code, out, err = run(capsys, "learn", "--model", "tests.test_cli:tiny_model", "--solver", "dpmpp", "--order", "2",
+                         "--nfe", "3", "--out", str(sched), "--n-train", "2", "--n-valid", "2", "--teacher-nfe", "6")
+    assert code == 0, err
+    assert json.loads(sched.read_text())["origin"] == "ld3"
+    code, out, err = run(capsys, "sample", "--model", "tests.test_cli:tiny_model", "--schedule", str(sched),
+                         "-n", "2", "--out", str(tmp_path / "x.pt"))
+    assert code == 0, err
+    assert torch.load(tmp_path / "x.pt").shape == (2, 1, 4, 4)
+    # the same schedule with another model: one clear line, no traceback
+    code, out, err = run(capsys, "sample", "--model", "digits", "--schedule", str(sched), "-n", "2",
+                         "--out", str(tmp_path / "y.png"))
+    assert code == 2 and "made for" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--schedule", "missing.json", "-n", "2"], "schedule file not found"),
+    (["sample", "--model", "nope", "-n", "2", "--nfe", "4"], "unknown --model"),
+    (["sample", "--model", "no.such.module:f", "--nfe", "4"], "cannot import"),
+    (["sample", "--schedule", "edm", "-n", "2"], "--nfe is needed"),
+    (["sample", "--solver", "heun", "--nfe", "4", "--schedule", "edm"], "odd nfe"),
+    (["sample", "--nfe", "4", "--label", "12"], "--label"),
+])
+def test_bad_arguments_give_one_clear_line(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_unknown_solver_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["sample", "--solver", "rk4"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_demo_quick_runs_end_to_end(tmp_path, capsys):
+    code, out, err = run(capsys, "demo", "--quick", "--out", str(tmp_path))
+    assert code == 0, err
+    assert (tmp_path / "results.md").exists() and (tmp_path / "unipc3_nfe4_ld3.json").exists()
+    assert "LD3 RMSE" in out and "x floor" in out
