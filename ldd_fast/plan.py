@@ -307,11 +307,13 @@ def run_folded(folded: FoldedPlan, den, z: torch.Tensor, cond=None) -> torch.Ten
     for step, coef in zip(folded.steps, coefs):
         raw = den.net_call(regs[step.input], step.t_net, cond)
         src = regs + list(raw)
-        new = []
-        for k, sources in enumerate(step.sources):
-            out = coef[k, sources[0]] * src[sources[0]]
-            for j in sources[1:]:
-                out = torch.addcmul(out, coef[k, j], src[j])
-            new.append(out)
-        regs = new
+        regs = [combine(src, sources, coef[k]) for k, sources in enumerate(step.sources)]
     return regs[0]
+
+
+def combine(src: list[torch.Tensor], sources: tuple[int, ...], row: torch.Tensor) -> torch.Tensor:
+    """sum_j row[j] * src[j] over the structural non-zeros `sources` (one multiply, then fused multiply-adds)."""
+    out = row[sources[0]] * src[sources[0]]
+    for j in sources[1:]:
+        out = torch.addcmul(out, row[j], src[j])
+    return out

@@ -6,7 +6,7 @@ import torch.utils.checkpoint
 
 from . import solvers
 from .denoiser import Denoiser, check_state
-from .plan import Plan
+from .plan import Plan, combine
 from .schedule import Schedule
 
 
@@ -109,16 +109,9 @@ def run_plan(plan: Plan, den: Denoiser, z: torch.Tensor, cond=None, *, checkpoin
             d = w * r if d is None else torch.addcmul(d, w, r)
         src = regs + [d]
         rows = coefs[i]
-        new = []
-        for k, (sources, ident) in enumerate(zip(step.sources, step.identity)):
-            if ident:
-                new.append(src[sources[0]])
-                continue
-            out = rows[k, sources[0]] * src[sources[0]]
-            for j in sources[1:]:
-                out = torch.addcmul(out, rows[k, j], src[j])
-            new.append(out)
-        regs = new
+        # A register that is a plain copy (m1 = D, x unchanged) aliases its source.
+        regs = [src[sources[0]] if ident else combine(src, sources, rows[k])
+                for k, (sources, ident) in enumerate(zip(step.sources, step.identity))]
     return regs[0]
 
 
