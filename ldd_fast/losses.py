@@ -2,7 +2,7 @@
 
 Every distance maps (x, y) of shape [B, ...] to [B]. Scales are per element, so a loss
 value does not depend on the sample size:
-- "l2": root mean square difference (the L2 distance / sqrt(D); RMSE),
+- "l2": mean squared difference (the squared L2 distance / D; the LD3 authors' "L2"),
 - "l1": mean absolute difference,
 - "pseudo_huber": sqrt(||x - y||^2 / D + c^2) - c with c = 0.00054, the normalised form
   of Song & Dhariwal 2023's c = 0.00054 sqrt(D) (quadratic near zero, linear beyond),
@@ -23,7 +23,7 @@ NAMES = ("l2", "l1", "pseudo_huber", "lpips")
 
 
 def l2(x, y):
-    return (x - y).flatten(1).pow(2).mean(1).sqrt()
+    return (x - y).flatten(1).pow(2).mean(1)
 
 
 def l1(x, y):
