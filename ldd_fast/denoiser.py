@@ -161,12 +161,17 @@ class Denoiser(nn.Module):
             return (self.net(x_in, t_net, cond),)
         null = self._null_like(cond)
         out = self.net(torch.cat([x_in, x_in]), torch.cat([t_net, t_net]), torch.cat([cond, null]))
-        return tuple(out.chunk(2))
+        # Slices, not chunk(2): torch.export cannot prove a symbolic chunk count and would pin the batch.
+        return out[:batch], out[batch:]
 
     def _null_like(self, cond: torch.Tensor) -> torch.Tensor:
-        null = torch.as_tensor(self.null_cond, device=cond.device)
-        if null.dtype != cond.dtype and null.is_floating_point():
-            null = null.to(cond.dtype)
+        key = (id(self.null_cond), cond.device, cond.dtype)
+        if getattr(self, "_null_cache", (None,))[0] != key:  # one host-to-device copy, not one per call
+            null = torch.as_tensor(self.null_cond).to(cond.device)
+            if null.dtype != cond.dtype and null.is_floating_point():
+                null = null.to(cond.dtype)
+            self._null_cache = (key, null)
+        null = self._null_cache[1]
         if null.shape == cond.shape:
             return null
         if null.shape == cond.shape[1:]:

@@ -182,6 +182,7 @@ class VPDiscrete(_VP):
         self.N = ac.numel()
         self._t_grid = torch.arange(1, self.N + 1, dtype=DTYPE) / self.N
         self._log_alpha_grid = 0.5 * torch.log(ac)  # may end in -inf (zero terminal SNR)
+        self._on_device = {}
         self.t_min = float(self._t_grid[0]) if t_min is None else float(t_min)
         t_max = 1.0 if t_max is None else float(t_max)
         if ac[-1] == 0 and t_max > float(self._t_grid[-2]):
@@ -217,16 +218,23 @@ class VPDiscrete(_VP):
         x0, x1, f0, f1 = xp[idx - 1], xp[idx], fp[idx - 1], fp[idx]
         return f0 + (x - x0) * (f1 - f0) / (x1 - x0)
 
+    def _tables(self, device):
+        """(t grid, log alpha grid, finite mask) on `device`, copied there once (no copy per call)."""
+        key = str(device)
+        if key not in self._on_device:
+            la = self._log_alpha_grid.to(device)
+            self._on_device[key] = (self._t_grid.to(device), la, torch.isfinite(la))
+        return self._on_device[key]
+
     def log_alpha(self, t):
         t = as_time(t)
-        grid, la = self._t_grid.to(t.device), self._log_alpha_grid.to(t.device)
+        grid, la, _ = self._tables(t.device)
         return self._interp(t, grid, la)
 
     def t_of_lambda(self, lam):
         lam = as_time(lam)
         neg_la = -self._log_alpha_of_lambda(lam)
-        grid, la = self._t_grid.to(lam.device), self._log_alpha_grid.to(lam.device)
-        finite = torch.isfinite(la)
+        grid, la, finite = self._tables(lam.device)
         return self._interp(neg_la, -la[finite], grid[finite])
 
     def index(self, t):

@@ -95,6 +95,7 @@ def run_plan(plan: Plan, den: Denoiser, z: torch.Tensor, cond=None, *, checkpoin
     # The single cast of plan coefficients (float64) to the working dtype.
     coefs = plan.cast(dtype, device)
     affines = [a.to(device, dtype) for a in affines]
+    t_net = t_net.to(device)  # once; net_call casts on the device
     regs = [x]
     for i, step in enumerate(plan.steps):
         c_in, a, b = affines[i]

@@ -23,7 +23,7 @@ import os
 
 from .unet import TinyUNet
 
-__all__ = ["TinyUNet", "load_network", "available", "weights_dir"]
+__all__ = ["TinyUNet", "load", "load_network", "available", "weights_dir"]
 
 _NAMES = {"digits": "digits_edm", "digits_vp": "digits_vp"}
 
@@ -63,3 +63,6 @@ def load_network(name: str, device="cpu") -> tuple[TinyUNet, dict]:
     net = TinyUNet(**config["network"])
     net.load_state_dict(load_file(wpath, device="cpu"), strict=True)
     return net.to(device).eval().requires_grad_(False), config
+
+
+from .builtin import load  # noqa: E402 - needs load_network above

@@ -62,8 +62,9 @@ class PositionalEmbedding(nn.Module):
         self.register_buffer("freqs", freqs, persistent=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        arg = t.to(self.freqs.dtype)[:, None] * self.freqs[None, :]
-        return torch.cat([arg.cos(), arg.sin()], dim=1)
+        # In float32 even in an fp16 model: fp16 would round a DDPM index near 999 to a multiple of 0.5.
+        arg = t.float()[:, None] * self.freqs.float()[None, :]
+        return torch.cat([arg.cos(), arg.sin()], dim=1).to(self.freqs.dtype)
 
 
 class FourierEmbedding(nn.Module):
@@ -81,8 +82,8 @@ class FourierEmbedding(nn.Module):
         self.register_buffer("freqs", torch.randn(channels // 2, generator=gen) * scale)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        arg = (2 * math.pi) * t.to(self.freqs.dtype)[:, None] * self.freqs[None, :]
-        return torch.cat([arg.cos(), arg.sin()], dim=1)
+        arg = (2 * math.pi) * t.float()[:, None] * self.freqs.float()[None, :]  # float32, as above
+        return torch.cat([arg.cos(), arg.sin()], dim=1).to(self.freqs.dtype)
 
 
 class ResBlock(nn.Module):
