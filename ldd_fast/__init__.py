@@ -6,6 +6,8 @@ from .plan import Plan
 from .solvers import SOLVERS, make_plan
 from .sample import IncompatibleSchedule, plan_for, run_plan, sample
 from .adapters import from_diffusers
+from .diffusers_scheduler import to_diffusers_scheduler
+from .sampler import Sampler
 
 __version__ = "0.1.0"
 
@@ -13,9 +15,19 @@ __all__ = [
     "EDM", "VPLinear", "VPCosine", "VPDiscrete", "NoiseSchedule",
     "Denoiser", "Affine", "Schedule", "ScheduleError", "discretize",
     "Plan", "SOLVERS", "make_plan", "sample", "plan_for", "run_plan", "IncompatibleSchedule",
-    "from_diffusers",
+    "from_diffusers", "Sampler",
+    "to_diffusers_scheduler",
 ]
 from .learn import LD3Config, LearnResult, learn  # noqa: E402
 from .teacher import TeacherData, TeacherSpec, make_teacher  # noqa: E402
 
 __all__ += ["learn", "LD3Config", "LearnResult", "TeacherSpec", "TeacherData", "make_teacher"]
+
+
+def __getattr__(name):
+    # `lf.zoo` without importing the built-in models (safetensors, weights) at `import ldd_fast`.
+    if name == "zoo":
+        import importlib
+
+        return importlib.import_module(".zoo", __name__)
+    raise AttributeError(f"module 'ldd_fast' has no attribute {name!r}")

@@ -198,11 +198,16 @@ def cmd_quality(argv) -> int:
 
 
 def cmd_bench(argv) -> int:
-    try:
-        from .kernels.latency import main
-    except ImportError as e:
-        raise CLIError(f"the latency benchmark is not available here ({e})") from None
-    return main(argv) or 0
+    """benchmarks/latency.py of the source checkout this package is installed from (pip install -e .)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "latency.py")
+    if not os.path.isfile(path):
+        raise CLIError(f"ldd-fast bench runs benchmarks/latency.py from a source checkout; not found at {path}")
+    spec = importlib.util.spec_from_file_location("ldd_fast_latency", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv) or 0
 
 
 def cmd_export(argv) -> int:

@@ -23,4 +23,42 @@ TOL = {
     # One guided evaluation a x + w b eps_c + (1 - w) b eps_u in float32, relative to the sum of
     # the magnitudes of those (cancelling) terms: a few unit roundoffs (6e-8). Measured 1.9e-7.
     "fp32_guided_sum": 1e-6,
+    # The fused update vs its torch twin (same fp32 / fp64 accumulation, same term order), in units of
+    # eps(storage dtype) times sum_j |C_kj x_j|: each output is rounded once to storage, so the two differ
+    # by at most one storage ulp (<= eps |out|) when a last-bit difference of the fp32 sums (GPU FMA
+    # contraction vs separate multiply-add: <= N_SRC <= 7 fp32 roundings) straddles a rounding boundary,
+    # and the interpreter stores bf16 by truncation instead of round-to-nearest (measured: exactly 1 ulp
+    # off on half the elements). fp32 storage: the 7 accumulation roundings themselves. Measured under
+    # the interpreter: 0 for fp32 / fp16 / fp64, <= 1 eps for bf16.
+    "kernel_vs_twin_eps": 8,
+    # A whole low-NFE sample in fp32 / fp16 / bf16 vs the float64 reference, in units of eps(dtype) times
+    # max |x0|: the state starts at sigma_max = 80 times z and is cancelled down to O(1), so a rounding
+    # of the early registers weighs up to ~100 eps of the result. Measured over every solver config and
+    # parameterisation (nfe 5): <= 31 eps (eager, which rounds after every term) and <= 23 eps (fused
+    # update, fp32 accumulation); twice the worst.
+    "lowp_sample_eps": 64,
+    # The exported graph under onnxruntime vs the eager sampler, both float32, as max|diff| / max|ref|
+    # (the bound issue 6 sets): the graph applies the folded coefficients (conversion and guidance
+    # inside one float64-computed map, cast once) where the eager sampler converts then combines, and
+    # onnxruntime fuses and reorders the network's float32 arithmetic. Measured at batch 1 / 3 / 64,
+    # nfe 5: <= 5.1e-7 (small conv net, every solver config), 6.3e-7 (DDPM eps UNet), 4.7e-6 (guided
+    # TinyUNet, whose EDM state starts at 80 z); 20x margin below the issue's bound.
+    "onnx_fp32": 1e-4,
+    # The fp16 graph (network in float16, state and linear maps in float32) vs the float32 eager
+    # sampler: float16 rounds weights and activations at 4.9e-4 relative through every layer of every
+    # call, and the sample inherits a few of those roundings. Measured at batch 1 / 3 / 64, nfe 5:
+    # <= 1.7e-4 (small conv net, every solver config), 2.1e-4 (DDPM eps UNet), 3.2e-3 (guided TinyUNet:
+    # more layers, and guidance w = 2 amplifies the cond / uncond difference by 2); 3x the worst.
+    "onnx_fp16": 1e-2,
+    # Two float32 graphs of the same sampler (torch's trace of the unrolled module vs the assembled
+    # graph): the same network and coefficients; only the exporter's operator choices could differ.
+    # Measured 0 (bit-identical outputs); the bound allows a reordered sum of a few float32 terms.
+    "onnx_twins_fp32": 1e-6,
+    # The diffusers scheduler vs lf.sample on the same UNet: the scheduler applies the same float32
+    # operations in the same order (a mirror of lf.run_plan), the UNet sees the same times. Measured 0.
+    "diffusers_scheduler_fp32": 1e-6,
+    # A TensorRT engine (fp32 or fp16 graph) vs the float32 eager sampler on the GPU: TensorRT runs
+    # float32 convolutions in TF32 by default on Ampere and later (10-bit mantissa, like fp16), so it is
+    # held to the fp16 bound. Not measured yet: the development machine has no GPU / TensorRT.
+    "tensorrt_vs_eager": 1e-2,
 }

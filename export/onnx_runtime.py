@@ -1,0 +1,159 @@
+"""Run an exported sampler graph with onnxruntime: one `session.run` per batch of samples.
+
+CPU here; the CUDA provider when onnxruntime-gpu is installed and a GPU is present. With
+the CUDA provider and torch CUDA tensors, inputs and output are bound to device memory
+(IO binding), so no host copies happen; otherwise tensors go through numpy.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from ._deps import require
+from .onnx_export import read_metadata
+from .unroll import schedule_tensors, structure_hash
+
+_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+
+
+def default_providers() -> list[str]:
+    """CUDA (when onnxruntime-gpu sees a GPU) before CPU; the CPU provider always."""
+    ort = require("onnxruntime", "OnnxSampler")
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class OnnxSampler:
+    """An exported sampler (`to_onnx`) run by onnxruntime: `sampler(z, cond=None) -> sample`.
+
+    Args:
+        path: the .onnx file (its data file must sit beside it).
+        providers: onnxruntime execution providers (default: CUDA if available, then CPU).
+        threads: intra-op threads of the CPU provider (default: onnxruntime's choice); pin it
+            to the same number as torch when comparing latencies.
+        session_options: an onnxruntime.SessionOptions to start from.
+
+    z may be a torch tensor (the result is a torch tensor on z's device) or a numpy array.
+    Graphs exported with schedule_as_input start with the exported schedule's tables;
+    `set_schedule(den, schedule)` swaps in another schedule of the same structure.
+    """
+
+    def __init__(self, path, providers: list | None = None, *, threads: int | None = None,
+                 session_options=None):
+        ort = require("onnxruntime", "OnnxSampler")
+        path = os.fspath(path)
+        self.metadata = read_metadata(path)
+        self.path = path
+        opts = session_options if session_options is not None else ort.SessionOptions()
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise ValueError(f"threads must be a positive int, got {threads!r}")
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        providers = default_providers() if providers is None else list(providers)
+        try:
+            self.session = ort.InferenceSession(path, opts, providers=providers)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise RuntimeError(f"onnxruntime could not load {path} with providers {providers}: {e}") from e
+        self.providers = self.session.get_providers()
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.conditional = bool(self.metadata["conditional"])
+        self.sample_shape = tuple(self.metadata["sample_shape"])
+        self.nfe = int(self.metadata["nfe"])
+        self._tables = None
+        if self.metadata["schedule_as_input"]:
+            self._tables = {k: np.asarray(v, dtype=np.float32) for k, v in self.metadata["tables"].items()}
+
+    def __repr__(self):
+        m = self.metadata
+        return (f"OnnxSampler({self.path!r}, {m['solver']}{m['order']}, nfe={self.nfe}, dtype={m['dtype']}, "
+                f"conditional={self.conditional}, providers={self.providers})")
+
+    def set_schedule(self, den, schedule, *, force: bool = False, **options) -> None:
+        """Swap in another schedule (same solver, order, nfe and structure) without re-exporting.
+
+        den: the Denoiser the graph was exported from (its noise schedule, prediction and
+        guidance define the folded coefficients); checked against the exported fingerprint.
+        """
+        import ldd_fast as lf
+        from ldd_fast.plan import fold
+
+        m = self.metadata
+        if not m["schedule_as_input"]:
+            raise ValueError(f"{self.path} was exported with the schedule baked in; export with "
+                             f"schedule_as_input=True to swap schedules without re-exporting")
+        if not force and den.fingerprint() != m["fingerprint"]:
+            raise lf.IncompatibleSchedule(f"the Denoiser is not the model {self.path} was exported from "
+                                          f"(fingerprint {den.fingerprint()[:12]}... vs {m['fingerprint'][:12]}...)")
+        opts = {k: v for k, v in m["options"].items() if k in ("lower_order_final", "variant")}
+        opts.update(options)
+        plan = lf.plan_for(den, schedule, solver=m["solver"], order=m["order"], force=force, **opts)
+        folded = fold(plan, den, guided=m["conditional"] and den.guidance_scale != 1.0)
+        if structure_hash(folded) != m["structure_hash"]:
+            raise ValueError(f"the new schedule's plan has another structure than the exported graph ({plan.solver}"
+                             f"{plan.order}, nfe {plan.nfe}, options {plan.options} vs {m['solver']}{m['order']}, "
+                             f"nfe {m['nfe']}, options {m['options']}): re-export")
+        self._tables = {k: v.numpy() for k, v in schedule_tensors(folded).items()}
+
+    def _check(self, z, cond):
+        shape = tuple(z.shape)
+        if len(shape) != len(self.sample_shape) + 1 or shape[1:] != self.sample_shape:
+            raise ValueError(f"z must have shape [B, {', '.join(map(str, self.sample_shape))}], got {list(shape)}")
+        if not self.metadata["dynamic_batch"] and shape[0] != self.session.get_inputs()[0].shape[0]:
+            raise ValueError(f"this graph was exported with a fixed batch of {self.session.get_inputs()[0].shape[0]}, "
+                             f"got {shape[0]}")
+        if self.conditional and cond is None:
+            raise ValueError("this sampler was exported with a condition input: pass cond (one per sample)")
+        if not self.conditional and cond is not None:
+            raise ValueError("this sampler was exported without a condition input; cond must be None")
+        if cond is not None and (len(cond.shape) == 0 or cond.shape[0] != shape[0]):
+            raise ValueError(f"cond must have one entry per sample ({shape[0]}), got shape {list(cond.shape)}")
+
+    def __call__(self, z, cond=None):
+        self._check(z, cond)
+        if isinstance(z, torch.Tensor) and z.is_cuda and "CUDAExecutionProvider" in self.providers:
+            return self._run_cuda(z, cond)
+        as_torch = isinstance(z, torch.Tensor)
+        feeds = {"z": _to_numpy(z, np.float32)}
+        if cond is not None:
+            feeds["cond"] = _to_numpy(cond, _NP.get(self.metadata["cond_dtype"]))
+        if self._tables is not None:
+            feeds.update(self._tables)
+        out = self.session.run(["sample"], feeds)[0]
+        return torch.from_numpy(out).to(z.device) if as_torch else out
+
+    def _run_cuda(self, z: torch.Tensor, cond):
+        # Bind torch's device buffers; onnxruntime runs on its own stream, so wait for torch's work first.
+        # Written against onnxruntime's IOBinding API; not run on the CPU-only machine this was developed on.
+        binding = self.session.io_binding()
+        z = z.to(torch.float32).contiguous()
+        inputs = {"z": z}
+        if cond is not None:
+            dtype = getattr(torch, self.metadata["cond_dtype"])
+            inputs["cond"] = torch.as_tensor(cond, device=z.device).to(dtype).contiguous()
+        if self._tables is not None:
+            inputs.update({k: torch.from_numpy(v).to(z.device) for k, v in self._tables.items()})
+        for name, t in inputs.items():
+            binding.bind_input(name, "cuda", t.device.index or 0, _numpy_dtype(t.dtype), list(t.shape), t.data_ptr())
+        out = torch.empty_like(z)
+        binding.bind_output("sample", "cuda", out.device.index or 0, np.float32, list(out.shape), out.data_ptr())
+        torch.cuda.current_stream(z.device).synchronize()
+        self.session.run_with_iobinding(binding)
+        return out
+
+
+def _numpy_dtype(dtype: torch.dtype):
+    return torch.empty((), dtype=dtype).numpy().dtype.type
+
+
+def _to_numpy(x, dtype):
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if dtype is not None and x.dtype != dtype:
+        if np.issubdtype(dtype, np.integer) and not np.issubdtype(x.dtype, np.integer):
+            raise TypeError(f"cond must hold integers for this graph, got dtype {x.dtype}")
+        x = x.astype(dtype)
+    return np.ascontiguousarray(x)
