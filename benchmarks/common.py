@@ -82,7 +82,7 @@ def summary(xs: list[float]) -> dict:
 
 def write_results(name: str, payload: dict, markdown: str) -> tuple[str, str]:
     """benchmarks/results/<name>.json and .md, written atomically."""
-    from ldd_fast.schedule import atomic_write_text
+    from ldd_fast.io import atomic_write_text
 
     os.makedirs(RESULTS, exist_ok=True)
     jpath, mpath = os.path.join(RESULTS, f"{name}.json"), os.path.join(RESULTS, f"{name}.md")

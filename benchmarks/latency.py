@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 import ldd_fast as lf  # noqa: E402
+from ldd_fast.io import atomic_write  # noqa: E402
 
 MODELS = ("builtin", "cifar", "sd")
 BACKENDS = ("eager", "triton", "cuda_graph", "compile")
@@ -331,10 +332,8 @@ def _plot(name: str, rows: list) -> None:
     fig.suptitle("sampler latency (solid) vs floor nfe x forward (dashed)", fontsize=9)
     fig.tight_layout()
     path = os.path.join(common.RESULTS, f"{name}.png")
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

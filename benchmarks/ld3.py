@@ -27,7 +27,8 @@ import ldd_fast as lf  # noqa: E402
 from ldd_fast.learn import LD3Config  # noqa: E402
 from ldd_fast.metrics import bootstrap_mean, rmse  # noqa: E402
 from ldd_fast.quality import learned_path, reference, solver_label  # noqa: E402
-from ldd_fast.schedule import Schedule, atomic_write_text  # noqa: E402
+from ldd_fast.io import atomic_write_text  # noqa: E402
+from ldd_fast.schedule import Schedule  # noqa: E402
 from ldd_fast.zoo.builtin import load  # noqa: E402
 
 ROOT = os.path.join(common.RESULTS, "ld3")

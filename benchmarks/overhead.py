@@ -64,7 +64,7 @@ def main(argv=None):
                       f"[{row['ratio_q1']:.3f}, {row['ratio_q3']:.3f}]", flush=True)
     env = common.environment(threads)
     params = sum(p.numel() for p in net.parameters())
-    md = [f"# Eager sampler overhead (lf.sample) vs nfe x one forward\n",
+    md = ["# Eager sampler overhead (lf.sample) vs nfe x one forward\n",
           f"Network: TinyUNet {config} ({params / 1e6:.2f} M parameters), EDM preconditioning, 1x8x8, "
           f"random weights. Ratio = sampler wall time / (nfe x forward), per round; median [q1, q3] over "
           f"{args.repeats} rounds.\n",

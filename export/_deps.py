@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import tempfile
 
 
 class MissingDependency(ImportError):
@@ -43,18 +42,4 @@ def check_output_path(path, what: str) -> str:
     return path
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write bytes atomically: a temp file in the same folder, fsync, then rename over `path`."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from ldd_fast.io import atomic_write_bytes  # noqa: E402,F401 - the one atomic writer, re-exported here

@@ -132,12 +132,9 @@ def save_grid(x: torch.Tensor, path: str, *, scale: int = 4) -> None:
         grid[r * (h + 2) + 1:r * (h + 2) + 1 + h, q * (w + 2) + 1:q * (w + 2) + 1 + w] = \
             img if c == 3 else np.repeat(img[..., :1], 3, axis=2)
     image = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise CLIError(f"folder does not exist: {folder}")
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    from .io import atomic_write
+
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _labels(args, n):

@@ -15,7 +15,8 @@ import torch
 
 from .metrics import FD_SAMPLES, DigitsMetrics, rmse
 from .sample import sample
-from .schedule import KINDS, atomic_write_text, discretize
+from .io import atomic_write_text
+from .schedule import KINDS, discretize
 from .teacher import TeacherSpec, noise_for
 
 HELDOUT_SEED = 4242

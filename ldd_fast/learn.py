@@ -34,6 +34,7 @@ from torch import nn
 
 from . import solvers
 from .denoiser import Denoiser
+from .io import atomic_torch_save
 from .losses import get_loss
 from .noise import DTYPE, NoiseSchedule
 from .progress import progress
@@ -361,10 +362,7 @@ class LD3Trainer:
     def save_checkpoint(self) -> None:
         if self.out is None:
             return
-        path = os.path.join(self.out, CHECKPOINT)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(self.state_dict(), os.path.join(self.out, CHECKPOINT))
 
     # ----- the run --------------------------------------------------------------------
 

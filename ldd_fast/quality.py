@@ -25,10 +25,12 @@ import time
 import torch
 
 from . import schedule as schedule_mod
+from .io import atomic_torch_save
 from .metrics import FD_SAMPLES, DigitsMetrics, bootstrap_mean, paired_bootstrap, psnr, rmse
 from .progress import progress
 from .sample import sample
-from .schedule import Schedule, atomic_write_text, discretize
+from .io import atomic_write_text
+from .schedule import Schedule, discretize
 from .teacher import noise_for
 
 HELDOUT_SEED = 20_251_128
@@ -69,9 +71,7 @@ def reference(den, model: str, n: int, cache: str) -> tuple[torch.Tensor, torch.
     check = {"reference": f"{s}{o} {k} steps edm", "check": f"{s2}{o2} {k2} steps edm",
              "rmse_mean": err.mean().item(), "rmse_max": err.max().item()}
     os.makedirs(cache, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save({"z": z, "y": y, "check": check}, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save({"z": z, "y": y, "check": check}, path)
     return z, y, check
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import torch
 
 from . import solvers
+from .io import atomic_write_text
 from .noise import DTYPE, NoiseSchedule, from_description
 
 FORMAT_VERSION = 1
@@ -180,24 +180,6 @@ class Schedule:
         made = f", solver={self.solver}" if self.solver else ""
         return (f"Schedule(nfe={self.nfe}, {self.layout}, final={self.final}{made}, origin={self.origin!r}, "
                 f"t=[{', '.join(f'{float(v):.4g}' for v in self.t)}])")
-
-
-def atomic_write_text(path, text: str) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def discretize(noise: NoiseSchedule, nfe: int, kind: str = "logsnr", *, solver: str | None = None,

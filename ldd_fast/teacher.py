@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .denoiser import Denoiser
+from .io import atomic_torch_save
 from .progress import progress
 from .sample import plan_for, run_plan
 from .schedule import discretize
@@ -44,9 +45,7 @@ class TeacherData:
         return TeacherData(self.z[idx], self.y[idx], None if self.cond is None else self.cond[idx], self.info)
 
     def save(self, path) -> None:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        torch.save({"z": self.z, "y": self.y, "cond": self.cond, "info": self.info}, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save({"z": self.z, "y": self.y, "cond": self.cond, "info": self.info}, path)
 
     @classmethod
     def load(cls, path) -> "TeacherData":

@@ -13,7 +13,6 @@ Two ranges, two questions:
   Taylor weight; see ldd_fast/solvers/dpmpp.py).
 """
 import pytest
-import torch
 
 import ldd_fast as lf
 from ldd_fast.analytic import convergence_order

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import ldd_fast as lf
-from ldd_fast.analytic import Empirical, GaussianData, GaussianMixture, gaussian_problem
+from ldd_fast.analytic import Empirical, GaussianMixture, gaussian_problem
 from ldd_fast.solvers import SOLVERS, default_t_eval
 
 from tolerances import TOL

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-import ldd_fast as lf
 from ldd_fast.metrics import FD_SAMPLES, DigitsMetrics, bootstrap_mean, paired_bootstrap, psnr, rmse
 from ldd_fast.zoo import available
 from ldd_fast.zoo.builtin import load

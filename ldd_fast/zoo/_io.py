@@ -1,4 +1,4 @@
-"""Atomic file writes: write a temporary file in the target directory, then os.replace.
+"""Atomic saves of the zoo's JSON, safetensors and checkpoints (through ldd_fast.io), creating folders.
 
 A crash mid-write leaves either the old file or the new one, never a torn
 file, which matters for checkpoints that ``--resume`` later trusts.
@@ -8,33 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 
-import torch
+from ..io import atomic_torch_save, atomic_write
 
 __all__ = ["atomic_write", "save_json", "save_safetensors", "save_torch", "sha256_file"]
-
-
-def atomic_write(path: str, write_fn, suffix: str = ".tmp") -> None:
-    """Call ``write_fn(tmp_path)`` and move the result onto ``path`` atomically."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_json(obj, path: str) -> None:
@@ -42,18 +19,21 @@ def save_json(obj, path: str) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False)
             f.write("\n")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, _write)
 
 
 def save_safetensors(tensors: dict, path: str, metadata: dict | None = None) -> None:
     from safetensors.torch import save_file
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def save_torch(obj, path: str) -> None:
     # The ".ckpt.tmp" suffix is git-ignored, so a crash never leaves a stray file to commit.
-    atomic_write(path, lambda tmp: torch.save(obj, tmp), suffix=".ckpt.tmp")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_torch_save(obj, path)
 
 
 def sha256_file(path: str) -> str:
