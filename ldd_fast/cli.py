@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--work-dir", help="teacher pairs, checkpoints and plots (default: <out>_ld3/)")
     le.add_argument("--resume", action="store_true", help="continue an interrupted run in --work-dir")
     le.add_argument("--mode", default="lambda", choices=["lambda", "time"])
-    le.add_argument("--loss", default="l2", choices=["l2", "l1", "pseudo_huber", "lpips"])
+    le.add_argument("--loss", default="pseudo_huber", choices=["pseudo_huber", "l2", "l1", "lpips"])
     le.add_argument("--n-train", type=int, default=50)
     le.add_argument("--n-valid", type=int, default=50)
     le.add_argument("--teacher-solver", default="unipc", choices=sorted(SOLVERS))

@@ -172,7 +172,7 @@ class LD3Trainer:
     """One LD3 run; `fit()` trains round by round with a checkpoint after each round."""
 
     def __init__(self, den: Denoiser, *, solver: str, order: int | None, nfe: int, teacher: TeacherData,
-                 config: LD3Config, loss="l2", decoder=None, init: Schedule | None = None, out: str | None = None,
+                 config: LD3Config, loss="pseudo_huber", decoder=None, init: Schedule | None = None, out: str | None = None,
                  checkpoint_calls: bool = False, show_progress: bool = True, **solver_options):
         config.validate()
         spec = solvers.get_solver(solver)
@@ -434,7 +434,7 @@ def _teacher_data(den, teacher, shape, n, seed, cond, out, show_progress) -> Tea
 
 
 def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, shape, mode: str = "lambda",
-          teacher=None, n_train: int = 50, n_valid: int = 50, loss="l2", decoder=None, cond=None,
+          teacher=None, n_train: int = 50, n_valid: int = 50, loss="pseudo_huber", decoder=None, cond=None,
           init: Schedule | None = None, out: str | None = None, resume: bool = False, seed: int = 0,
           checkpoint_calls: bool = False, show_progress: bool = True, config: LD3Config | None = None,
           **solver_options) -> LearnResult:
@@ -443,7 +443,9 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
     shape: of one sample (e.g. (1, 8, 8)). teacher: a TeacherSpec (default UniPC-3, 20 steps,
     EDM rho = 7), a dict of its fields, TeacherData, or the path of a saved teacher file.
     cond: per-pair conditions ([n_train + n_valid, ...]) or a callable (n, generator) -> tensor.
-    loss: "l2" | "l1" | "pseudo_huber" | "lpips" | callable (x, y) -> [B]; decoder: applied to
+    loss: "pseudo_huber" (default) | "l2" | "l1" | "lpips" | callable (x, y) -> [B]. The paper's
+    default, LPIPS, needs downloaded weights; of the rest, pseudo-Huber matched the held-out teacher
+    best on the built-in model (benchmarks/results/ld3_summary.md: L2 is worse at NFE 4 and 6). decoder: applied to
     student and teacher samples before the distance (latent models).
     out: folder for the teacher pairs, a checkpoint after every round (resume=True continues
     an interrupted run), the schedule and its plots. solver_options: variant, lower_order_final.
