@@ -114,12 +114,11 @@ def load_schedule(spec: str, den, nfe: int | None, solver: str):
     raise CLIError(f"--schedule {spec!r}: expected one of {', '.join(KIND_CHOICES)} or a schedule .json file")
 
 
-def save_grid(x: torch.Tensor, path: str, *, scale: int = 4) -> None:
-    """Samples in [-1, 1] as one PNG grid (1 or 3 channels), written atomically."""
+def grid_image(x: torch.Tensor):
+    """Samples in [-1, 1] ([N, 1 or 3, H, W]) as one uint8 RGB array, one pixel of black between cells."""
     import math
 
     import numpy as np
-    from PIL import Image
 
     x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()
     n, c, h, w = x.shape
@@ -131,9 +130,17 @@ def save_grid(x: torch.Tensor, path: str, *, scale: int = 4) -> None:
         img = x[k].permute(1, 2, 0).numpy()
         grid[r * (h + 2) + 1:r * (h + 2) + 1 + h, q * (w + 2) + 1:q * (w + 2) + 1 + w] = \
             img if c == 3 else np.repeat(img[..., :1], 3, axis=2)
-    image = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    return grid
+
+
+def save_grid(x: torch.Tensor, path: str, *, scale: int = 4) -> None:
+    """Samples in [-1, 1] as one PNG grid, written atomically."""
+    from PIL import Image
+
     from .io import atomic_write
 
+    grid = grid_image(x)
+    image = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 

@@ -122,7 +122,7 @@ def run(*, models=MODELS, n: int, nfes, heun_nfes, out: str, learned_dir: str | 
         x = _sample(den, z, sched, solver, order, variant)
         err = rmse(x, y)
         key = cell_key(model, solver, order, variant, nfe, name)
-        torch.save(err, os.path.join(cache, key.replace("|", "_") + ".pt"))
+        torch.save({"rmse": err, "fd_samples": x[:FD_SAMPLES].clone()}, os.path.join(cache, key.replace("|", "_") + ".pt"))
         rec = {"key": key, "model": model, "solver": solver_label(solver, order, variant), "nfe": nfe,
                "schedule": name, "n": n, "rmse": bootstrap_mean(err), "psnr": bootstrap_mean(psnr(x, y)),
                "fd": metrics.fd(x[:FD_SAMPLES], n_boot=n_boot), "seconds": time.perf_counter() - t0,
@@ -133,6 +133,14 @@ def run(*, models=MODELS, n: int, nfes, heun_nfes, out: str, learned_dir: str | 
     records = [done[cell_key(*c[:6])] for c in _cells(models, solvers, nfes, heun_nfes, kinds, learned_dir)]
     comparisons = compare_learned(records, out, metrics, dens, refs, n_boot)
     write_reports(records, comparisons, out)
+    try:
+        for model in models:
+            if model not in dens:
+                dens[model] = load(model)
+                refs[model] = reference(dens[model], model, n, cache)
+            plot_grids(model, dens[model], refs[model], kinds, learned_dir, out)
+    except ImportError:
+        pass
     return records
 
 
@@ -153,7 +161,9 @@ def compare_learned(records, out, metrics, dens, refs, n_boot) -> list[dict]:
         lb = torch.load(os.path.join(cache, best["key"].replace("|", "_") + ".pt"))
         row = {"model": model, "solver": solver, "nfe": nfe, "best_hand_made": best["schedule"],
                "rmse_ld3": learned[0]["rmse"]["mean"], "rmse_best": best["rmse"]["mean"],
-               "rmse": paired_bootstrap(la, lb)}
+               "rmse": paired_bootstrap(la["rmse"], lb["rmse"]),
+               "fd_ld3": learned[0]["fd"]["fd"], "fd_best": best["fd"]["fd"],
+               "fd_diff": metrics.fd_paired(la["fd_samples"], lb["fd_samples"], n_boot=n_boot)}
         rows.append(row)
     atomic_write_text(os.path.join(out, "quality_ld3.json"), json.dumps(rows, indent=1) + "\n")
     return rows
@@ -193,13 +203,15 @@ def write_reports(records, comparisons, out) -> None:
         lines.append("")
     if comparisons:
         lines += ["## LD3 vs the best hand-made schedule (paired bootstrap over seeds)\n",
-                  "| model | solver | nfe | best hand-made | RMSE LD3 | RMSE best | ratio [95%] | difference excludes 0 |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| model | solver | nfe | best hand-made | RMSE LD3 | RMSE best | ratio [95%] | difference excludes 0 "
+                  "| FD LD3 | FD best | FD difference [95%] |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in comparisons:
             r = c["rmse"]
             lines.append(f"| {c['model']} | {c['solver']} | {c['nfe']} | {c['best_hand_made']} | {c['rmse_ld3']:.4f} | "
                          f"{c['rmse_best']:.4f} | {r['ratio']:.3f} [{r['ratio_lo']:.3f}, {r['ratio_hi']:.3f}] | "
-                         f"{'yes' if r['excludes_zero'] else 'no'} |")
+                         f"{'yes' if r['excludes_zero'] else 'no'} | {c['fd_ld3']:.2f} | {c['fd_best']:.2f} | "
+                         f"{c['fd_diff']['diff']:+.2f} [{c['fd_diff']['lo']:+.2f}, {c['fd_diff']['hi']:+.2f}] |")
     atomic_write_text(os.path.join(out, "quality.md"), "\n".join(lines) + "\n")
     try:
         plot_quality(records, out)
@@ -236,6 +248,38 @@ def plot_quality(records, out) -> None:
         fig.tight_layout()
         fig.savefig(os.path.join(out, f"quality_{model}.png"), dpi=110)
         plt.close(fig)
+
+
+GRID = ("unipc", 3, "bh2", 4)  # the configuration shown side by side
+
+
+def plot_grids(model, den, ref, kinds, learned_dir, out, count: int = 36) -> None:
+    """Samples of every schedule of one configuration (UniPC-3 bh2, NFE 4) beside the teacher's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z, y, _ = ref
+    solver, order, variant, nfe = GRID
+    panels = [("teacher (200 steps)", y[:count])]
+    scheds = [(k, discretize(den.noise, nfe, k, solver=solver)) for k in kinds]
+    path = learned_path(learned_dir, model, solver, order, variant, nfe) if learned_dir else None
+    if path and os.path.isfile(path):
+        scheds.append(("ld3", Schedule.load(path)))
+    for name, sched in scheds:
+        panels.append((name, _sample(den, z[:count], sched, solver, order, variant)))
+    from .cli import grid_image
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6))
+    for ax, (name, x) in zip(axes, panels):
+        ax.imshow(grid_image(x), interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"{model}: {solver_label(solver, order, variant)}, NFE {nfe}, same seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, f"grids_{model}.png"), dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
