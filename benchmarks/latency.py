@@ -42,7 +42,7 @@ import ldd_fast as lf  # noqa: E402
 from ldd_fast.io import atomic_write  # noqa: E402
 
 MODELS = ("builtin", "cifar", "sd")
-BACKENDS = ("eager", "triton", "cuda_graph", "compile")
+BACKENDS = ("eager", "triton", "cuda_graph", "compile", "onnxruntime")
 DDPM_CIFAR = dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256),
                   layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
                   up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
@@ -54,7 +54,7 @@ SD_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 
 PRESETS = {
     "full": dict(nfe=[4, 6, 10], batches=[1, 8, 64], repeats=20),
     "cpu_small": dict(nfe=[4, 6, 10], batches=[1, 8, 64], repeats=21, models=["builtin", "cifar"],
-                      backends=["eager", "compile"]),
+                      backends=["eager", "compile", "onnxruntime"]),
     "gpu_check": dict(nfe=[4, 6, 10], batches=[1, 8, 64], repeats=10, models=["cifar", "builtin", "sd"],
                       backends=["cuda_graph", "eager", "triton"]),
 }
@@ -157,10 +157,13 @@ def configs(args, device: str):
             if backend in ("triton", "cuda_graph") and device != "cuda":
                 skipped.append((model, None, None, backend, "needs CUDA"))
                 continue
+            if backend == "onnxruntime" and device != "cpu":
+                skipped.append((model, None, None, backend, "measured with the CPU provider only"))
+                continue
             for batch in args.batches:
                 if model == "cifar" and device == "cpu" and batch > 8:
                     continue  # CIFAR-size on a CPU: batch 1 and 8 only
-                if args.preset == "cpu_small" and model == "cifar" and (batch > 1 or backend != "eager"):
+                if args.preset == "cpu_small" and model == "cifar" and (batch > 1 or backend == "compile"):
                     continue
                 if backend == "compile":
                     if device == "cuda" and (model != "cifar" or batch != 1):
@@ -169,6 +172,8 @@ def configs(args, device: str):
                         continue
                 for nfe in args.nfe:
                     if args.preset == "cpu_small" and (model == "cifar" or backend == "compile") and nfe != 4:
+                        continue
+                    if args.preset == "cpu_small" and backend == "onnxruntime" and model == "builtin" and nfe != 6:
                         continue
                     if backend == "compile" and args.compile_nfe and nfe not in args.compile_nfe:
                         continue
@@ -226,13 +231,22 @@ def main(argv=None) -> int:
         sched = lf.discretize(den.noise, nfe, "edm")
         try:
             t0 = time.perf_counter()
-            fast = lf.Sampler(den, sched, solver="unipc", order=3, backend=backend, dtype=dtype)
+            if backend == "onnxruntime":
+                # The exported graph under onnxruntime with the same pinned thread count as torch; its
+                # floor is the eager network forward, so this row and the eager row compare directly.
+                from ldd_fast.export.bench import onnx_backend
+
+                fast, _ = onnx_backend(den, sched, z, threads=threads, solver="unipc", order=3)
+                fast.update_impl = "onnxruntime (one graph)"
+                eager = lf.Sampler(den, sched, solver="unipc", order=3, backend="eager", dtype=dtype)
+            else:
+                fast = eager = lf.Sampler(den, sched, solver="unipc", order=3, backend=backend, dtype=dtype)
             build_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             fast(z, cond)
             common.sync()
             first_s = time.perf_counter() - t0
-            floor = floor_fn(den, fast, z, cond, backend)
+            floor = floor_fn(den, eager, z, cond, "eager" if backend == "onnxruntime" else backend)
             with torch.no_grad():
                 floor()
             common.sync()
@@ -262,7 +276,7 @@ def main(argv=None) -> int:
               + ("" if updates_ms is None else f", updates only {updates_ms:.3f} ms")
               + f" (first call {first_s:.1f} s)", flush=True)
         _write(name, results, args.no_plot)
-        del fast, floor
+        del fast, eager, floor
     _write(name, results, args.no_plot)
     return 0
 
