@@ -175,6 +175,7 @@ def cmd_sample(args) -> int:
 
 def cmd_learn(args) -> int:
     from .learn import learn
+    from .schedule import Schedule
     from .teacher import TeacherSpec
 
     den = load_model(args.model, guidance=args.guidance)
@@ -183,9 +184,10 @@ def cmd_learn(args) -> int:
     cond = None
     if args.guidance != 1.0:
         cond = lambda n, g: torch.randint(0, 10, (n,), generator=g)  # noqa: E731 - class labels of the digits
+    init = None if args.init == "uniform" else "best" if args.init == "best" else Schedule.load(args.init)
     res = learn(den, solver=args.solver, order=args.order, nfe=args.nfe, shape=sample_shape(den, args.shape),
                 mode=args.mode, teacher=teacher, n_train=args.n_train, n_valid=args.n_valid, loss=args.loss,
-                cond=cond, out=work, resume=args.resume, seed=args.seed, checkpoint_calls=args.checkpoint_calls,
+                cond=cond, init=init, out=work, resume=args.resume, seed=args.seed, checkpoint_calls=args.checkpoint_calls,
                 **({"variant": args.variant} if args.variant else {}))
     res.schedule.save(args.out)
     m = res.schedule.metrics
@@ -272,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--work-dir", help="teacher pairs, checkpoints and plots (default: <out>_ld3/)")
     le.add_argument("--resume", action="store_true", help="continue an interrupted run in --work-dir")
     le.add_argument("--mode", default="lambda", choices=["lambda", "time"])
+    le.add_argument("--init", default="uniform",
+                    help="start: uniform (in the mode's coordinate), best (the best hand-made schedule on the "
+                         "training pairs) or a schedule .json")
     le.add_argument("--loss", default="pseudo_huber", choices=["pseudo_huber", "l2", "l1", "lpips"])
     le.add_argument("--n-train", type=int, default=50)
     le.add_argument("--n-valid", type=int, default=50)

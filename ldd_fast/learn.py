@@ -333,6 +333,24 @@ class LD3Trainer:
             self.params.xi.copy_(xi)
             self.params.xi_c.copy_(xi_c)
 
+    @torch.no_grad()
+    def choose_init(self) -> Schedule:
+        """Start from the hand-made schedule with the lowest hard loss on the *training* pairs."""
+        from .schedule import KINDS, discretize
+
+        idx = torch.arange(len(self.train))
+        cond = self._cond(self.train, idx)
+        z = self.train.z.to(self.device, self.dtype)
+        scores = {}
+        for kind in KINDS:
+            self.params.init_from(discretize(self.den.noise, self.nfe, kind, solver=self.solver))
+            scores[kind] = self.distances(z, self.y_train, cond).mean().item()
+        best = min(scores, key=scores.get)
+        sched = discretize(self.den.noise, self.nfe, best, solver=self.solver)
+        self.params.init_from(sched)
+        self.init_choice = {"kind": best, "train_hard": scores}
+        return sched
+
     # ----- checkpoints ----------------------------------------------------------------
 
     def identity(self) -> dict:
@@ -407,6 +425,7 @@ class LD3Trainer:
                   "teacher_seed": self.teacher_info.get("seed"), "n_train": self.cfg.n_train,
                   "n_valid": self.cfg.n_valid, "seed": self.cfg.seed, "soft": self.cfg.soft,
                   "decoupled": self.cfg.decoupled, "rounds": [self.cfg.rounds_xi, self.cfg.rounds_both],
+                  "init": getattr(self, "init_choice", None),
                   "stats": self.stats()})
 
 
@@ -435,7 +454,7 @@ def _teacher_data(den, teacher, shape, n, seed, cond, out, show_progress) -> Tea
 
 def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, shape, mode: str = "lambda",
           teacher=None, n_train: int = 50, n_valid: int = 50, loss="pseudo_huber", decoder=None, cond=None,
-          init: Schedule | None = None, out: str | None = None, resume: bool = False, seed: int = 0,
+          init: Schedule | str | None = None, out: str | None = None, resume: bool = False, seed: int = 0,
           checkpoint_calls: bool = False, show_progress: bool = True, config: LD3Config | None = None,
           **solver_options) -> LearnResult:
     """Learn a schedule (t and t_eval) for one model, solver, order and nfe with LD3.
@@ -447,6 +466,8 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
     default, LPIPS, needs downloaded weights; of the rest, pseudo-Huber matched the held-out teacher
     best on the built-in model (benchmarks/results/ld3_summary.md: L2 is worse at NFE 4 and 6). decoder: applied to
     student and teacher samples before the distance (latent models).
+    init: None (uniform in the mode's coordinate, the paper's start), a Schedule to start from, or
+    "best": the hand-made schedule (ldd_fast.schedule.KINDS) with the lowest loss on the training pairs.
     out: folder for the teacher pairs, a checkpoint after every round (resume=True continues
     an interrupted run), the schedule and its plots. solver_options: variant, lower_order_final.
     """
@@ -480,9 +501,13 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
 def _learn(den, solver, order, nfe, shape, cfg, teacher, loss, decoder, cond, init, out, resume, ckpt,
            checkpoint_calls, show_progress, solver_options) -> LearnResult:
     data = _teacher_data(den, teacher, shape, cfg.n_train + cfg.n_valid, cfg.seed, cond, out, show_progress)
+    if isinstance(init, str) and init != "best":
+        raise ValueError(f"init must be a Schedule, None or 'best', got {init!r}")
     trainer = LD3Trainer(den, solver=solver, order=order, nfe=nfe, teacher=data, config=cfg, loss=loss,
-                         decoder=decoder, init=init, out=out, checkpoint_calls=checkpoint_calls,
-                         show_progress=show_progress, **solver_options)
+                         decoder=decoder, init=None if isinstance(init, str) else init, out=out,
+                         checkpoint_calls=checkpoint_calls, show_progress=show_progress, **solver_options)
+    if init == "best":
+        init = trainer.choose_init()
     if resume and ckpt and os.path.isfile(ckpt):
         trainer.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False))
     result = trainer.fit()

@@ -283,3 +283,15 @@ def test_teacher_generation_data_parallel_over_two_processes(tmp_path):
     single = make_teacher(mixture_model(), (2, 4, 4), 7, spec=TeacherSpec(nfe=8), seed=5, batch_size=2,
                           show_progress=False)
     assert torch.allclose(torch.load(out), single.y, atol=1e-6)
+
+
+def test_init_best_starts_from_the_best_hand_made_schedule():
+    den = mixture_model(lf.VPLinear())
+    res = learn(den, solver="unipc", order=3, nfe=4, shape=(2, 4, 4), n_train=6, n_valid=4, init="best",
+                teacher=TeacherSpec(nfe=10), config=QUICK, show_progress=False)
+    choice = res.schedule.info["init"]
+    assert choice["kind"] == min(choice["train_hard"], key=choice["train_hard"].get)
+    assert res.schedule.metrics["valid_hard"] <= res.schedule.metrics["valid_hard_init"]
+    with pytest.raises(ValueError, match="init must be"):
+        learn(den, solver="unipc", nfe=4, shape=(2, 4, 4), n_train=2, n_valid=2, init="worst",
+              teacher=TeacherSpec(nfe=4), show_progress=False)
