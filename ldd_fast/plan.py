@@ -88,8 +88,20 @@ class Step:
     identity: tuple[bool, ...]
 
 
+class _Calls:
+    """What every plan form knows: one step per network call."""
+
+    @property
+    def nfe(self) -> int:
+        return len(self.steps)
+
+    @property
+    def max_registers(self) -> int:
+        return max(len(s.registers) for s in self.steps)
+
+
 @dataclass
-class Plan:
+class Plan(_Calls):
     """The compiled sampler: eval times and one linear map per network call.
 
     The initial registers are ("x",) holding prior_scale * z; after the last call
@@ -101,14 +113,6 @@ class Plan:
     solver: str
     order: int
     options: dict
-
-    @property
-    def nfe(self) -> int:
-        return len(self.steps)
-
-    @property
-    def max_registers(self) -> int:
-        return max(len(s.registers) for s in self.steps)
 
     def cast(self, dtype: torch.dtype, device=None) -> list[torch.Tensor]:
         """The one place where plan coefficients leave float64: one table per step."""
@@ -232,7 +236,7 @@ class FoldedStep:
 
 
 @dataclass
-class FoldedPlan:
+class FoldedPlan(_Calls):
     """A Plan with den.affine folded in: what the fused kernels and the exported graph run.
 
     Initial registers: register r holds init_scale[r] * z (the prior scale, and c_in of
@@ -243,14 +247,6 @@ class FoldedPlan:
     n_raw: int
     init_registers: tuple[str, ...]
     init_scale: torch.Tensor
-
-    @property
-    def nfe(self) -> int:
-        return len(self.steps)
-
-    @property
-    def max_registers(self) -> int:
-        return max(len(s.registers) for s in self.steps)
 
 
 NET_IN = "net_in"

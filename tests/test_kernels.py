@@ -28,13 +28,7 @@ STORAGE = [torch.float32, torch.float16, torch.bfloat16]
 SIZES = [1, 7, kernels.BLOCK + 7, 2 * kernels.BLOCK + 3]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small problems: one thread is faster than two, and leaves the other core to the rest of the machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _solver_structures():

@@ -35,13 +35,7 @@ needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and compiled Tr
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small problems: one thread is faster than two, and leaves the other core to the rest of the machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _guided_den(scale=2.5):

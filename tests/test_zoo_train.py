@@ -17,13 +17,7 @@ TINY = dict(model_channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolu
             head_channels=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The tests share the machine with long trainings; stay on one core.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
