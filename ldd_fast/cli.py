@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--out", required=True, help="the learned schedule (.json)")
     le.add_argument("--work-dir", help="teacher pairs, checkpoints and plots (default: <out>_ld3/)")
     le.add_argument("--resume", action="store_true", help="continue an interrupted run in --work-dir")
-    le.add_argument("--mode", default="lambda", choices=["lambda", "time"])
+    le.add_argument("--mode", default="lambda", choices=["lambda", "time", "auto"],
+                    help="lambda (pixel models), time (latent models), auto: both, keep the better on validation")
     le.add_argument("--init", default="uniform",
                     help="start: uniform (in the mode's coordinate), best (the best hand-made schedule on the "
                          "training pairs) or a schedule .json")

@@ -470,7 +470,24 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
     "best": the hand-made schedule (ldd_fast.schedule.KINDS) with the lowest loss on the training pairs.
     out: folder for the teacher pairs, a checkpoint after every round (resume=True continues
     an interrupted run), the schedule and its plots. solver_options: variant, lower_order_final.
+    mode: "lambda" (the paper's choice for pixel models), "time" (latent models), or "auto": learn
+    both (in out/lambda and out/time) and keep the one with the lower validation hard loss; the
+    result's history is the winner's, schedule.info["mode_selection"] records both losses.
     """
+    if mode == "auto":
+        runs = {}
+        for m in MODES:
+            sub = None if out is None else os.path.join(out, m)
+            runs[m] = learn(den, solver=solver, order=order, nfe=nfe, shape=shape, mode=m, teacher=teacher,
+                            n_train=n_train, n_valid=n_valid, loss=loss, decoder=decoder, cond=cond, init=init,
+                            out=sub, resume=resume, seed=seed, checkpoint_calls=checkpoint_calls,
+                            show_progress=show_progress, config=config, **solver_options)
+        best = min(runs, key=lambda m: runs[m].schedule.metrics["valid_hard"])
+        result = runs[best]
+        result.schedule.info["mode_selection"] = {m: r.schedule.metrics["valid_hard"] for m, r in runs.items()}
+        if out is not None:
+            result.schedule.save(os.path.join(out, "schedule.json"))
+        return result
     if not isinstance(den, Denoiser):
         raise TypeError(f"expected an ldd_fast Denoiser, got {type(den).__name__}")
     unknown = set(solver_options) - {"variant", "lower_order_final"}

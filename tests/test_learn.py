@@ -295,3 +295,15 @@ def test_init_best_starts_from_the_best_hand_made_schedule():
     with pytest.raises(ValueError, match="init must be"):
         learn(den, solver="unipc", nfe=4, shape=(2, 4, 4), n_train=2, n_valid=2, init="worst",
               teacher=TeacherSpec(nfe=4), show_progress=False)
+
+
+def test_mode_auto_keeps_the_mode_with_the_lower_validation_loss(tmp_path):
+    den = mixture_model(lf.VPLinear())
+    res = learn(den, solver="unipc", order=3, nfe=3, shape=(2, 4, 4), n_train=4, n_valid=4, mode="auto",
+                teacher=TeacherSpec(nfe=6), config=QUICK, out=str(tmp_path), show_progress=False)
+    losses = res.schedule.info["mode_selection"]
+    assert set(losses) == {"lambda", "time"}
+    assert res.schedule.info["mode"] == min(losses, key=losses.get)
+    assert res.schedule.metrics["valid_hard"] == min(losses.values())
+    assert (tmp_path / "lambda" / "schedule.json").exists() and (tmp_path / "time" / "schedule.json").exists()
+    assert lf.Schedule.load(tmp_path / "schedule.json").info["mode"] == res.schedule.info["mode"]
