@@ -8,6 +8,8 @@ from .sample import IncompatibleSchedule, plan_for, run_plan, sample
 from .adapters import from_diffusers
 from .diffusers_scheduler import to_diffusers_scheduler
 from .sampler import Sampler
+from .learn import LD3Config, LearnResult, learn
+from .teacher import TeacherData, TeacherSpec, make_teacher
 
 __version__ = "0.1.0"
 
@@ -15,13 +17,9 @@ __all__ = [
     "EDM", "VPLinear", "VPCosine", "VPDiscrete", "NoiseSchedule",
     "Denoiser", "Affine", "Schedule", "ScheduleError", "discretize",
     "Plan", "SOLVERS", "make_plan", "sample", "plan_for", "run_plan", "IncompatibleSchedule",
-    "from_diffusers", "Sampler",
-    "to_diffusers_scheduler",
+    "from_diffusers", "to_diffusers_scheduler", "Sampler",
+    "learn", "LD3Config", "LearnResult", "TeacherSpec", "TeacherData", "make_teacher",
 ]
-from .learn import LD3Config, LearnResult, learn  # noqa: E402
-from .teacher import TeacherData, TeacherSpec, make_teacher  # noqa: E402
-
-__all__ += ["learn", "LD3Config", "LearnResult", "TeacherSpec", "TeacherData", "make_teacher"]
 
 
 def __getattr__(name):
