@@ -40,6 +40,3 @@ def check_output_path(path, what: str) -> str:
     if not os.access(folder, os.W_OK):
         raise PermissionError(f"the folder of the {what} path is not writable: {folder}")
     return path
-
-
-from ldd_fast.io import atomic_write_bytes  # noqa: E402,F401 - the one atomic writer, re-exported here

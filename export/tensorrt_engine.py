@@ -24,9 +24,9 @@ import os
 
 import torch
 
-from ldd_fast.io import atomic_write_text
+from ldd_fast.io import atomic_write_bytes, atomic_write_text
 
-from ._deps import atomic_write_bytes, check_output_path, require
+from ._deps import check_output_path, require
 from .onnx_export import read_metadata
 
 MIN_MAJOR = 10

@@ -22,11 +22,6 @@ from .teacher import TeacherSpec, noise_for
 HELDOUT_SEED = 4242
 
 
-def _grid(path, x, cli_save):
-    cli_save(x[:64], path)
-    return path
-
-
 def run(out: str = "ldd_fast_out", quick: bool = False) -> int:
     from .cli import save_grid
     from .learn import LD3Config, learn
@@ -42,7 +37,13 @@ def run(out: str = "ldd_fast_out", quick: bool = False) -> int:
     with torch.no_grad():
         teacher = sample(den, z, discretize(den.noise, 20 if quick else 100, "edm"), solver="unipc")
     metrics = None if quick else DigitsMetrics()
-    files = [_grid(os.path.join(out, "teacher.png"), teacher, save_grid)]
+
+    def grid(name, x):
+        path = os.path.join(out, name)
+        save_grid(x[:64], path)
+        return path
+
+    files = [grid("teacher.png", teacher)]
     rows = []
 
     def evaluate(name, solver, order, sched):
@@ -58,14 +59,14 @@ def run(out: str = "ldd_fast_out", quick: bool = False) -> int:
             for kind in KINDS:
                 x = evaluate(kind, solver, order, discretize(den.noise, nfe, kind))
                 if solver == "unipc" and nfe == 4:
-                    files.append(_grid(os.path.join(out, f"unipc3_nfe4_{kind}.png"), x, save_grid))
+                    files.append(grid(f"unipc3_nfe4_{kind}.png", x))
     print("learning an LD3 schedule for UniPC-3 at NFE 4 ...", flush=True)
     cfg = LD3Config(rounds_xi=1, rounds_both=1) if quick else None
     res = learn(den, solver="unipc", order=3, nfe=4, shape=den.sample_shape, out=os.path.join(out, "ld3_unipc3_nfe4"),
                 resume=True, n_train=4 if quick else 50, n_valid=4 if quick else 50,
                 teacher=TeacherSpec(nfe=8) if quick else None, config=cfg)
     x = evaluate("ld3", "unipc", 3, res.schedule)
-    files.append(_grid(os.path.join(out, "unipc3_nfe4_ld3.png"), x, save_grid))
+    files.append(grid("unipc3_nfe4_ld3.png", x))
     sched_path = os.path.join(out, "unipc3_nfe4_ld3.json")
     res.schedule.save(sched_path)
 

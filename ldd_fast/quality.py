@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import time
@@ -179,9 +180,6 @@ def write_reports(records, comparisons, out) -> None:
              "rmse": r["rmse"]["mean"], "rmse_lo": r["rmse"]["lo"], "rmse_hi": r["rmse"]["hi"],
              "psnr": r["psnr"]["mean"], "fd": r["fd"]["fd"], "fd_lo": r["fd"].get("lo"), "fd_hi": r["fd"].get("hi")}
             for r in records]
-    lines = []
-    import io
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
