@@ -31,8 +31,6 @@ import inspect
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 import weakref
 from collections import Counter
@@ -42,12 +40,17 @@ import torch
 
 import ldd_fast
 from ldd_fast.denoiser import Denoiser, check_state
+from ldd_fast.errors import LddFastError
+from ldd_fast.io import check_output_path, locked_temp
 
-from ._deps import check_output_path, require
+from ._deps import require
 from .unroll import STATE_DTYPE, schedule_tensors, structure_of, table_shape, unroll
 
 METADATA_KEY = "ldd_fast"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the data file's size and sha256 are recorded (version-1 graphs load without that check)
+READ_VERSIONS = (1, 2)
+# Data files up to this size are re-hashed on every load (~0.1 s); larger ones only with verify=True.
+HASH_ON_LOAD_BYTES = 128 << 20
 CONTROL_FLOW_OPS = ("Loop", "If", "Scan")
 METHODS = ("compose", "trace")
 MIN_OPSET = 18  # torch's dynamo exporter emits opset >= 18
@@ -65,7 +68,7 @@ _NET_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _CACHE_MAX_BYTES = 256 << 20
 
 
-class ExportError(RuntimeError):
+class ExportError(LddFastError, RuntimeError):
     """The graph could not be exported as asked, or failed a structural check (the message says which)."""
 
 
@@ -349,15 +352,19 @@ def _tensor_bytes(t) -> int:
     return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
 
 
-def _save_pair(model, path: str) -> tuple[str, str | None]:
-    """Write graph + content-addressed data file atomically (see the module docstring)."""
+def _save_pair(model, path: str, meta: dict) -> tuple[str, str | None]:
+    """Write graph + content-addressed data file atomically (see the module docstring).
+
+    The data file's size and sha256 go into the graph's metadata (`meta["data_file"]`), so a
+    loader can tell a truncated or replaced data file from the one exported with this graph.
+    """
     onnx = require("onnx", "ONNX export")
-    from onnx import external_data_helper, numpy_helper
+    from onnx import external_data_helper, helper, numpy_helper
 
     folder, base = os.path.dirname(path), os.path.basename(path)
     old_data = _data_files(path) if os.path.isfile(path) else []
-    tmpdir = tempfile.mkdtemp(prefix=f".{base}.", dir=folder)
-    try:
+    data_name = None
+    with locked_temp(path, directory=True) as tmpdir:
         tmp_data = os.path.join(tmpdir, "weights.data")
         digest, placed = hashlib.sha256(), []
         with open(tmp_data, "wb") as f:
@@ -368,16 +375,21 @@ def _save_pair(model, path: str) -> tuple[str, str | None]:
                 raw = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
                 # Page-align large tensors (as onnx does) so that runtimes can map them directly.
                 align = 4096 if len(raw) >= 1 << 20 else 64
-                pad = (-offset) % align
-                f.write(b"\0" * pad)
-                offset += pad
+                pad = b"\0" * ((-offset) % align)
+                f.write(pad)
+                digest.update(pad)
+                offset += len(pad)
                 f.write(raw)
                 digest.update(raw)
                 placed.append((t, offset, len(raw)))
                 offset += len(raw)
             f.flush()
             os.fsync(f.fileno())
-        data_name = f"{base}.{digest.hexdigest()[:12]}.data" if placed else None
+        meta = dict(meta, data_file=None)
+        if placed:
+            data_name = f"{base}.{digest.hexdigest()[:12]}.data"
+            meta["data_file"] = {"name": data_name, "bytes": offset, "sha256": digest.hexdigest()}
+        helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
         for t, off, length in placed:
             if not t.HasField("raw_data"):
                 raw = numpy_helper.to_array(t).tobytes()
@@ -400,15 +412,22 @@ def _save_pair(model, path: str) -> tuple[str, str | None]:
             onnx.checker.check_model(tmp_graph, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
             raise ExportError(f"the exported graph is not valid ONNX: {str(e).splitlines()[0]}") from e
-        if placed:
-            os.replace(os.path.join(tmpdir, data_name), os.path.join(folder, data_name))
-        os.replace(tmp_graph, path)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        placed_new = False
+        try:
+            if placed:
+                target = os.path.join(folder, data_name)
+                placed_new = not os.path.exists(target)
+                os.replace(os.path.join(tmpdir, data_name), target)
+            os.replace(tmp_graph, path)
+        except BaseException:
+            # The graph was not replaced: the old graph (if any) still names its own data file.
+            if placed_new and data_name not in old_data:
+                os.unlink(os.path.join(folder, data_name))
+            raise
     for name in old_data:
         if name != data_name and os.path.isfile(os.path.join(folder, name)):
             os.unlink(os.path.join(folder, name))
-    return path, (os.path.join(folder, data_name) if data_name else None)
+    return path, (os.path.join(folder, data_name) if data_name else None), meta
 
 
 def _data_files(path: str) -> list[str]:
@@ -445,8 +464,40 @@ def read_metadata(path) -> dict:
         raise ExportError(f"{path} is not a readable ONNX file ({type(e).__name__}: {e})") from None
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:
-            return json.loads(prop.value)
+            try:
+                meta = json.loads(prop.value)
+            except ValueError as e:
+                raise ExportError(f"{path}: its '{METADATA_KEY}' metadata is not valid JSON ({e})") from None
+            if not isinstance(meta, dict) or meta.get("format_version") not in READ_VERSIONS:
+                version = meta.get("format_version") if isinstance(meta, dict) else None
+                raise ExportError(f"{path}: sampler metadata version {version!r}; this ldd-fast reads "
+                                  f"{READ_VERSIONS}")
+            return meta
     raise ExportError(f"{path} has no '{METADATA_KEY}' metadata: it was not written by ldd_fast.export.to_onnx")
+
+
+def verify_data_file(path, meta: dict, *, full: bool = False) -> None:
+    """Check the data file beside an exported graph against what the export recorded: its size always,
+    its sha256 when it is under HASH_ON_LOAD_BYTES or when full=True. An ExportError names the file."""
+    record = meta.get("data_file")
+    if record is None:
+        return  # a version-1 graph (no record), or a graph small enough to hold its weights itself
+    data = os.path.join(os.path.dirname(os.path.abspath(os.fspath(path))), os.path.basename(str(record["name"])))
+    if not os.path.isfile(data):
+        raise ExportError(f"the data file of {path} is missing: {data} (copy the graph and its data file together: "
+                          f"artifact_files(path))")
+    size = os.path.getsize(data)
+    if size != record["bytes"]:
+        raise ExportError(f"the data file {data} has {size} bytes, but {path} was exported with {record['bytes']}: "
+                          f"truncated or replaced; export again")
+    if full or size <= HASH_ON_LOAD_BYTES:
+        h = hashlib.sha256()
+        with open(data, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        if h.hexdigest() != record["sha256"]:
+            raise ExportError(f"the data file {data} does not hold the weights {path} was exported with (sha256 "
+                              f"differs): corrupt or replaced; export again")
 
 
 def op_counts(model) -> dict[str, int]:
@@ -555,18 +606,17 @@ def to_onnx(den_or_sampler, schedule, path, example_z: torch.Tensor, *, solver: 
         "dtype": _DTYPE_NAMES.get(net_dtype, str(net_dtype)), "state_dtype": "float32",
         "sample_shape": list(example_z.shape[1:]), "dynamic_batch": dynamic_batch,
         "cond_dtype": None if c is None else str(c.dtype).replace("torch.", ""),
+        "num_classes": den.num_classes if c is not None else None,
         "cond_shape": None if c is None else list(c.shape[1:]),
         "structure": structure_of(folded), "structure_hash": mod.structure_hash,
         "table_shape": list(table_shape(folded)),
         "tables": {k: v.tolist() for k, v in tensors.items()} if schedule_as_input else None,
     }
-    from onnx import helper
-    helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
-    graph_path, data_path = _save_pair(model, path)
+    graph_path, data_path, meta = _save_pair(model, path, meta)
     size = os.path.getsize(graph_path) + (os.path.getsize(data_path) if data_path else 0)
     return OnnxExport(graph_path, data_path, plan.nfe, [i.name for i in model.graph.input], c is not None,
                       schedule_as_input, meta["dtype"], net_bytes, init_bytes, size, counts, meta)
 
 
-__all__ = ["to_onnx", "OnnxExport", "ExportError", "read_metadata", "artifact_files", "op_counts",
-           "network_bytes"]
+__all__ = ["to_onnx", "OnnxExport", "ExportError", "read_metadata", "verify_data_file", "artifact_files",
+           "op_counts", "network_bytes"]

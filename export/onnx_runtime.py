@@ -11,8 +11,11 @@ import os
 import numpy as np
 import torch
 
+from ldd_fast.denoiser import check_condition
+from ldd_fast.sample import check_finite as check_finite_tensor
+
 from ._deps import require
-from .onnx_export import read_metadata
+from .onnx_export import read_metadata, verify_data_file
 from .unroll import schedule_tensors, structure_hash
 
 _NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
@@ -34,6 +37,11 @@ class OnnxSampler:
         threads: intra-op threads of the CPU provider (default: onnxruntime's choice); pin it
             to the same number as torch when comparing latencies.
         session_options: an onnxruntime.SessionOptions to start from.
+        verify: hash the data file whatever its size (by default its size is always checked and
+            its sha256 when it is under 128 MiB; see export.onnx_export.verify_data_file).
+        check_finite: also check that z, a float cond and the sample are finite (NonFiniteSample /
+            ConditionError); off by default, like lf.Sampler's. Class labels are always checked
+            against the exported model's label range (ConditionError), as every executor does.
 
     z may be a torch tensor (the result is a torch tensor on z's device) or a numpy array.
     Graphs exported with schedule_as_input start with the exported schedule's tables;
@@ -41,10 +49,12 @@ class OnnxSampler:
     """
 
     def __init__(self, path, providers: list | None = None, *, threads: int | None = None,
-                 session_options=None):
+                 session_options=None, verify: bool = False, check_finite: bool = False):
         ort = require("onnxruntime", "OnnxSampler")
         path = os.fspath(path)
         self.metadata = read_metadata(path)
+        verify_data_file(path, self.metadata, full=verify)
+        self.check_finite = bool(check_finite)
         self.path = path
         opts = session_options if session_options is not None else ort.SessionOptions()
         if threads is not None:
@@ -108,21 +118,29 @@ class OnnxSampler:
             raise ValueError("this sampler was exported with a condition input: pass cond (one per sample)")
         if not self.conditional and cond is not None:
             raise ValueError("this sampler was exported without a condition input; cond must be None")
-        if cond is not None and (len(cond.shape) == 0 or cond.shape[0] != shape[0]):
-            raise ValueError(f"cond must have one entry per sample ({shape[0]}), got shape {list(cond.shape)}")
+        if cond is not None:
+            c = cond if isinstance(cond, torch.Tensor) else torch.from_numpy(np.asarray(cond))
+            on_host = c.device.type == "cpu"
+            check_condition(c, shape[0], self.metadata.get("num_classes"), values=on_host or self.check_finite)
 
     def __call__(self, z, cond=None):
         self._check(z, cond)
+        if self.check_finite:
+            check_finite_tensor(_as_torch(z), "the noise z")
         if isinstance(z, torch.Tensor) and z.is_cuda and "CUDAExecutionProvider" in self.providers:
-            return self._run_cuda(z, cond)
-        as_torch = isinstance(z, torch.Tensor)
-        feeds = {"z": _to_numpy(z, np.float32)}
-        if cond is not None:
-            feeds["cond"] = _to_numpy(cond, _NP.get(self.metadata["cond_dtype"]))
-        if self._tables is not None:
-            feeds.update(self._tables)
-        out = self.session.run(["sample"], feeds)[0]
-        return torch.from_numpy(out).to(z.device) if as_torch else out
+            out = self._run_cuda(z, cond)
+        else:
+            feeds = {"z": _to_numpy(z, np.float32)}
+            if cond is not None:
+                feeds["cond"] = _to_numpy(cond, _NP.get(self.metadata["cond_dtype"]))
+            if self._tables is not None:
+                feeds.update(self._tables)
+            out = self.session.run(["sample"], feeds)[0]
+            out = torch.from_numpy(out).to(z.device) if isinstance(z, torch.Tensor) else out
+        if self.check_finite:
+            check_finite_tensor(_as_torch(out), f"the sample (onnxruntime, {self.metadata['solver']}"
+                                                f"{self.metadata['order']}, nfe {self.nfe})")
+        return out
 
     def _run_cuda(self, z: torch.Tensor, cond):
         # Bind torch's device buffers; onnxruntime runs on its own stream, so wait for torch's work first.
@@ -142,6 +160,10 @@ class OnnxSampler:
         torch.cuda.current_stream(z.device).synchronize()
         self.session.run_with_iobinding(binding)
         return out
+
+
+def _as_torch(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
 
 
 def _numpy_dtype(dtype: torch.dtype):

@@ -19,20 +19,24 @@ float32 (explicit Cast nodes), which a strongly typed build keeps as written.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
 import torch
 
-from ldd_fast.io import atomic_write_bytes, atomic_write_text
+from ldd_fast.errors import LddFastError
+from ldd_fast.denoiser import check_condition
+from ldd_fast.io import atomic_write_bytes, atomic_write_text, check_output_path, read_json
+from ldd_fast.sample import check_finite
 
-from ._deps import check_output_path, require
-from .onnx_export import read_metadata
+from ._deps import require
+from .onnx_export import HASH_ON_LOAD_BYTES, read_metadata, verify_data_file
 
 MIN_MAJOR = 10
 
 
-class TensorRTError(RuntimeError):
+class TensorRTError(LddFastError, RuntimeError):
     """TensorRT could not parse, build or run the sampler (the message carries TensorRT's own errors)."""
 
 
@@ -100,6 +104,7 @@ def build_tensorrt(onnx_path, engine_path, *, min_batch: int, opt_batch: int, ma
     if not os.path.isfile(onnx_path):
         raise FileNotFoundError(f"ONNX file not found: {onnx_path}")
     meta = read_metadata(onnx_path)
+    verify_data_file(onnx_path, meta)
     engine_path = check_output_path(engine_path, "TensorRT engine")
     batches = _check_batches(min_batch, opt_batch, max_batch, meta)
     if workspace is not None and (isinstance(workspace, bool) or not isinstance(workspace, int) or workspace <= 0):
@@ -149,13 +154,15 @@ def build_tensorrt(onnx_path, engine_path, *, min_batch: int, opt_batch: int, ma
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise TensorRTError(f"TensorRT could not build an engine from {onnx_path} (its log above says why)")
-    atomic_write_bytes(engine_path, bytes(serialized))
+    blob = bytes(serialized)
+    atomic_write_bytes(engine_path, blob)
     if cache is not None:
         atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     build = {"tensorrt": str(trt.__version__), "min_batch": batches[0], "opt_batch": batches[1],
              "max_batch": batches[2], "fp16": bool(fp16), "strongly_typed": settings["strongly_typed"],
              "fp16_flag": settings["fp16_flag"], "refittable": bool(refittable), "workspace": workspace,
-             "onnx": os.path.basename(onnx_path)}
+             "onnx": os.path.basename(onnx_path), "engine_bytes": len(blob),
+             "engine_sha256": hashlib.sha256(blob).hexdigest()}
     atomic_write_text(engine_path + ".json", json.dumps({**meta, "tensorrt_build": build}) + "\n")
     return engine_path
 
@@ -177,12 +184,20 @@ class TensorRTSampler:
     Inputs are used in place (cast only when their dtype differs from the engine's), the
     output is allocated by torch on z's device, and the engine is enqueued on torch's current
     stream: no host copies and no synchronisation, like any torch op.
+
+    An engine is executable content (TensorRT runs the kernels it holds): load only engines you
+    built or got from a trusted source. The engine's size and sha256, recorded in its `.json` by
+    build_tensorrt, are checked on load (the hash when the engine is under 128 MiB, or always
+    with verify=True), so a truncated or swapped file is refused before TensorRT reads it.
+    check_finite: check z and the sample for NaN / inf, and class labels on the GPU (each check
+    synchronises the host; off by default). Labels held on the host are always checked.
     """
 
-    def __init__(self, engine_path, *, device=None):
+    def __init__(self, engine_path, *, device=None, verify: bool = False, check_finite: bool = False):
         engine_path = os.fspath(engine_path)
         if not os.path.isfile(engine_path):
             raise FileNotFoundError(f"TensorRT engine not found: {engine_path}")
+        self.check_finite = bool(check_finite)
         trt = _tensorrt()
         if not torch.cuda.is_available():
             raise TensorRTError("TensorRTSampler needs a CUDA GPU visible to torch (torch.cuda.is_available() is "
@@ -191,13 +206,17 @@ class TensorRTSampler:
         self.metadata = {}
         sidecar = engine_path + ".json"
         if os.path.isfile(sidecar):
-            with open(sidecar) as f:
-                self.metadata = json.load(f)
+            self.metadata = read_json(sidecar, "TensorRT engine description", TensorRTError)
+            if not isinstance(self.metadata, dict):
+                raise TensorRTError(f"{sidecar}: expected a JSON object")
+        with open(engine_path, "rb") as f:
+            blob = f.read()
+        _verify_engine(engine_path, blob, self.metadata.get("tensorrt_build", {}), full=verify)
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        with open(engine_path, "rb") as f, torch.cuda.device(self.device):
-            self.engine = self._runtime.deserialize_cuda_engine(f.read())
+        with torch.cuda.device(self.device):
+            self.engine = self._runtime.deserialize_cuda_engine(blob)
         if self.engine is None:
             raise TensorRTError(f"TensorRT could not deserialize {engine_path} (built by another TensorRT version "
                                 f"or for another GPU?)")
@@ -238,6 +257,12 @@ class TensorRTSampler:
         if self.conditional != (cond is not None):
             raise ValueError("this engine takes a condition input: pass cond" if self.conditional
                              else "this engine has no condition input; cond must be None")
+        if cond is not None:
+            on_host = not isinstance(cond, torch.Tensor) or cond.device.type == "cpu"
+            check_condition(torch.as_tensor(cond), z.shape[0], self.metadata.get("num_classes"),
+                            values=on_host or self.check_finite)
+        if self.check_finite:
+            check_finite(z, "the noise z")
         build = self.metadata.get("tensorrt_build", {})
         if build and not build["min_batch"] <= z.shape[0] <= build["max_batch"]:
             raise ValueError(f"batch {z.shape[0]} is outside the engine's profile [{build['min_batch']}, "
@@ -257,4 +282,20 @@ class TensorRTSampler:
             self.context.set_tensor_address("sample", out.data_ptr())
             if not self.context.execute_async_v3(torch.cuda.current_stream(z.device).cuda_stream):
                 raise TensorRTError("TensorRT failed to enqueue the engine (its log says why)")
+        if self.check_finite:
+            check_finite(out, "the sample (TensorRT)")
         return out
+
+
+def _verify_engine(path: str, blob: bytes, build: dict, *, full: bool) -> None:
+    """The engine file against the size and sha256 build_tensorrt recorded (engines without a record:
+    built elsewhere, nothing to check against)."""
+    size = build.get("engine_bytes")
+    if size is None:
+        return
+    if len(blob) != size:
+        raise TensorRTError(f"{path} has {len(blob)} bytes, but its description records {size}: truncated or "
+                            f"replaced; build it again")
+    if (full or size <= HASH_ON_LOAD_BYTES) and hashlib.sha256(blob).hexdigest() != build.get("engine_sha256"):
+        raise TensorRTError(f"{path} is not the engine its description records (sha256 differs): corrupt or "
+                            f"replaced; build it again")

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ldd_fast.denoiser import Denoiser
+from ldd_fast.errors import LddFastError
 from ldd_fast.plan import FoldedPlan, Plan, fold
 from ldd_fast.sample import plan_for
 from ldd_fast.schedule import Schedule
@@ -45,7 +46,7 @@ from ldd_fast.schedule import Schedule
 STATE_DTYPE = torch.float32
 
 
-class UnrollError(ValueError):
+class UnrollError(LddFastError):
     """The sampler cannot be unrolled as asked (the message names the option or the mismatch)."""
 
 

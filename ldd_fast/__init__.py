@@ -1,10 +1,12 @@
 """ldd-fast: learned time discretisations (LD3) and compiled low-NFE samplers for diffusion models."""
+from .errors import (ConditionError, IncompatibleSchedule, LddFastError, NoiseScheduleError, NonFiniteSample,
+                     ScheduleError, StateFileError)
 from .noise import EDM, NoiseSchedule, VPCosine, VPDiscrete, VPLinear
 from .denoiser import Affine, Denoiser
-from .schedule import Schedule, ScheduleError, discretize
+from .schedule import Schedule, discretize
 from .plan import Plan
 from .solvers import SOLVERS, make_plan
-from .sample import IncompatibleSchedule, plan_for, run_plan, sample
+from .sample import plan_for, run_plan, sample
 from .adapters import from_diffusers
 from .diffusers_scheduler import to_diffusers_scheduler
 from .sampler import Sampler
@@ -15,8 +17,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EDM", "VPLinear", "VPCosine", "VPDiscrete", "NoiseSchedule",
-    "Denoiser", "Affine", "Schedule", "ScheduleError", "discretize",
-    "Plan", "SOLVERS", "make_plan", "sample", "plan_for", "run_plan", "IncompatibleSchedule",
+    "Denoiser", "Affine", "Schedule", "discretize",
+    "Plan", "SOLVERS", "make_plan", "sample", "plan_for", "run_plan",
+    "LddFastError", "ScheduleError", "IncompatibleSchedule", "NoiseScheduleError", "StateFileError", "ConditionError",
+    "NonFiniteSample",
     "from_diffusers", "to_diffusers_scheduler", "Sampler",
     "learn", "LD3Config", "LearnResult", "TeacherSpec", "TeacherData", "make_teacher",
 ]

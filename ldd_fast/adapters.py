@@ -176,7 +176,8 @@ def from_diffusers(unet, scheduler, *, guidance_scale: float = 1.0, null_cond=No
       - prediction: from scheduler.config.prediction_type ("epsilon" -> "eps",
         "sample" -> "x0", "v_prediction" -> "v"), or the `prediction` argument
         (either spelling).
-      - cond: class labels for a UNet2DModel with a class embedding (class_labels),
+      - cond: class labels for a UNet2DModel with a class embedding (class_labels; labels
+        outside [0, num_class_embeds) are a ConditionError in every executor),
         encoder_hidden_states [B, L, D] for a UNet2DConditionModel (required). With
         guidance_scale != 1, null_cond is the unconditional counterpart (a null class
         label, the empty-prompt embedding [L, D] or [B, L, D]).
@@ -219,5 +220,11 @@ def from_diffusers(unet, scheduler, *, guidance_scale: float = 1.0, null_cond=No
     pred = _prediction(scheduler_config, prediction)
     noise = VPDiscrete(_alphas_cumprod(scheduler))
     net = DiffusersUNet(unet, kind, split)
+    classes = _get(cfg, "num_class_embeds") if kind == "class" else None
+    shape = None
+    if sample_size is not None and kind != "text":
+        size = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+        shape = (int(in_ch), *(int(s) for s in size))
     return Denoiser(net, noise, prediction=pred, time_input="index", guidance_scale=guidance_scale,
-                    null_cond=null_cond)
+                    null_cond=null_cond, num_classes=int(classes) if isinstance(classes, int) else None,
+                    sample_shape=shape)

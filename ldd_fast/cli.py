@@ -1,27 +1,204 @@
 """The `ldd-fast` command line: sample, learn, quality, bench, export, demo.
 
 Models (--model): "digits" and "digits_vp" (the built-in models), "module.path:factory"
-(a callable returning an lf.Denoiser), or a local diffusers model folder (a UNet and its
-scheduler; nothing is fetched from a hub). Schedules (--schedule): a discretisation kind
-(time_uniform, time_quadratic, logsnr, edm) or a schedule JSON file.
-Errors are one line on stderr (exit status 2), no traceback.
+(a callable returning an lf.Denoiser: the module is imported, so it must be code you trust), or
+a local diffusers model folder (a UNet and its scheduler; safetensors weights only, nothing is
+fetched from a hub). Schedules (--schedule): a discretisation kind (time_uniform,
+time_quadratic, logsnr, edm) or a schedule JSON file.
+
+Every command checks its arguments, then its input and output paths, before any work starts.
+Errors are one line on stderr with exit status 2 that names the argument or file; no
+traceback (LDD_FAST_TRACEBACK=1 shows one, for bug reports).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
+import re
 import sys
 
 import torch
 
+from .errors import LddFastError
 from .solvers import SOLVERS
 
 KIND_CHOICES = ("time_uniform", "time_quadratic", "logsnr", "edm")
+BUILTIN = ("digits", "digits_vp")
+DIFFUSERS_NETWORKS = ("UNet2DModel", "UNet2DConditionModel")
+SEED_MAX = 2**63 - 1
 
 
-class CLIError(Exception):
+class CLIError(LddFastError):
+    """A one-line, user-facing error of the command line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with errors raised as one-line CLIErrors (main prints them; exit status 2)."""
+
+    def error(self, message):
+        raise CLIError(f"{message} (see `{self.prog} --help`)")
+
+
+# ----- arguments --------------------------------------------------------------------------------
+
+def _int_in(lo: int, hi: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"must be {'>= ' + str(lo) if hi is None else f'in [{lo}, {hi}]'}, "
+                                             f"got {v}")
+        return v
+    parse.__name__ = "int"
+    return parse
+
+
+def _finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return v
+
+
+POSITIVE = _int_in(1)
+SEED = _int_in(0, SEED_MAX)
+
+
+def build_parser() -> Parser:
+    p = Parser(
+        prog="ldd-fast",
+        description="Fast low-NFE sampling for diffusion models: learned time steps (LD3), standard ODE solvers, "
+                    "fused and exported samplers. Start with `ldd-fast demo`.",
+        epilog="Each command has its own --help, e.g. `ldd-fast sample --help`.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+
+    def model_args(sp):
+        sp.add_argument("--model", default="digits",
+                        help="digits | digits_vp | module.path:factory | local diffusers folder")
+        sp.add_argument("--guidance", type=_finite_float, default=1.0, help="classifier-free guidance scale (1: off)")
+        sp.add_argument("--shape", type=POSITIVE, nargs="+", help="sample shape C H W if the model does not say it")
+
+    def solver_args(sp, default="unipc"):
+        sp.add_argument("--solver", default=default, choices=sorted(SOLVERS), help="ODE solver")
+        sp.add_argument("--order", type=POSITIVE, help="solver order (default: the solver's)")
+        sp.add_argument("--variant", help="unipc: bh1 | bh2; dpmpp: diffusers | taylor")
+
+    s = sub.add_parser("sample", help="draw samples with a solver and schedule, write a PNG grid",
+                       description="Draw samples and write them as a PNG grid (or a .pt tensor).",
+                       formatter_class=defaults)
+    model_args(s)
+    solver_args(s, default=None)
+    s.add_argument("--nfe", type=POSITIVE, help="network calls (needed with a schedule kind)")
+    s.add_argument("--schedule", default="logsnr", help=f"{' | '.join(KIND_CHOICES)} | path/to/schedule.json")
+    s.add_argument("-n", type=POSITIVE, default=64, help="number of samples")
+    s.add_argument("--seed", type=SEED, default=0)
+    s.add_argument("--label", type=_int_in(-SEED_MAX, SEED_MAX), help="class label for class-conditional models (digits: 0..9)")
+    s.add_argument("--force", action="store_true", help="use a schedule made for another model or solver")
+    s.add_argument("--out", default="samples.png", help="output .png grid or .pt tensor")
+    s.set_defaults(func=cmd_sample, validate=_validate_sample)
+
+    le = sub.add_parser("learn", help="learn an LD3 schedule for a model, solver and NFE",
+                        description="Learn the time steps (and network times) of a solver at a fixed NFE with LD3. "
+                                    "Resumable: --resume continues an interrupted run from its last round.",
+                        formatter_class=defaults)
+    model_args(le)
+    solver_args(le)
+    le.add_argument("--nfe", type=POSITIVE, required=True)
+    le.add_argument("--out", required=True, help="the learned schedule (.json)")
+    le.add_argument("--work-dir", help="teacher pairs, checkpoints and plots (default: <out>_ld3/)")
+    le.add_argument("--resume", action="store_true", help="continue an interrupted run in --work-dir")
+    le.add_argument("--mode", default="lambda", choices=["lambda", "time", "auto"],
+                    help="lambda (pixel models), time (latent models), auto: both, keep the better on validation")
+    le.add_argument("--init", default="uniform",
+                    help="start: uniform (in the mode's coordinate), best (the best hand-made schedule on the "
+                         "training pairs) or a schedule .json")
+    le.add_argument("--loss", default="pseudo_huber", choices=["pseudo_huber", "l2", "l1", "lpips"])
+    le.add_argument("--n-train", type=POSITIVE, default=50)
+    le.add_argument("--n-valid", type=POSITIVE, default=50)
+    le.add_argument("--teacher-solver", default="unipc", choices=sorted(SOLVERS))
+    le.add_argument("--teacher-order", type=POSITIVE, default=3)
+    le.add_argument("--teacher-nfe", type=POSITIVE, default=20)
+    le.add_argument("--seed", type=SEED, default=0)
+    le.add_argument("--checkpoint-calls", action="store_true", help="recompute network activations in backward")
+    le.set_defaults(func=cmd_learn, validate=_validate_learn)
+
+    from .quality import MODELS, QUICK, FULL, SOLVERS as QUALITY_SOLVERS, solver_label
+
+    q = sub.add_parser("quality", help="the quality benchmark (solvers x schedules x NFE)",
+                       description="The quality benchmark: every solver x schedule x NFE on the built-in models "
+                                   "against one converged teacher; resumes what --out holds.",
+                       formatter_class=defaults)
+    q.add_argument("--full", action="store_true",
+                   help=f"NFE {FULL['nfes']} with {FULL['n']} seeds (default: NFE {QUICK['nfes']}, {QUICK['n']} seeds)")
+    q.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    q.add_argument("--nfe", type=POSITIVE, nargs="+", help="override the NFE list (multistep solvers)")
+    q.add_argument("--heun-nfe", type=POSITIVE, nargs="+", help="override the NFE list of Heun (odd)")
+    q.add_argument("--solvers", nargs="+", choices=[solver_label(*x) for x in QUALITY_SOLVERS],
+                   help="a subset of the solvers")
+    q.add_argument("-n", type=_int_in(QUICK["n"]), help="number of held-out seeds")
+    q.add_argument("--out", default="benchmarks/results/quality", help="output folder (resumes what is there)")
+    q.add_argument("--learned", default="benchmarks/results/ld3", help="folder of learned schedules to include")
+    q.add_argument("--boot", type=POSITIVE, default=200, help="bootstrap resamples for the FD interval")
+    q.set_defaults(func=cmd_quality, validate=_validate_quality)
+
+    sub.add_parser("bench", help="the latency benchmark (backends vs the network-call floor; source checkout)",
+                   add_help=False)
+
+    from .export.cli import add_arguments as export_arguments, validate as export_validate
+
+    e = sub.add_parser("export", help="export a fixed sampler to ONNX (and TensorRT)",
+                       description="A model + a schedule file -> one ONNX graph of the whole sampler (+ its data "
+                                   "file) [-> a TensorRT engine].", formatter_class=defaults)
+    export_arguments(e)
+    e.set_defaults(func=cmd_export, validate=export_validate)
+
+    d = sub.add_parser("demo", help="the main job: hand-made vs learned schedules on the built-in model",
+                       description="Load the built-in digits model, compare hand-made schedules at low NFE, learn an "
+                                   "LD3 schedule, show the backends that run here; writes images and tables.",
+                       formatter_class=defaults)
+    d.add_argument("--out", default="ldd_fast_out", help="output folder")
+    d.add_argument("--quick", action="store_true", help="fewer samples and rounds (for tests)")
+    d.set_defaults(func=cmd_demo, validate=_validate_demo)
+    return p
+
+
+def _validate_sample(args) -> None:
+    if args.guidance != 1.0 and args.label is None:
+        raise CLIError("--guidance needs --label: guidance steers samples toward a condition, and without one "
+                       "there is nothing to steer toward")
+    if not args.out.endswith((".png", ".pt")):
+        raise CLIError(f"--out {args.out}: must end in .png (an image grid) or .pt (a tensor)")
+    if args.shape is not None and len(args.shape) < 1:
+        raise CLIError("--shape needs at least one dimension")
+
+
+def _validate_learn(args) -> None:
+    if not args.out.endswith(".json"):
+        raise CLIError(f"--out {args.out}: the learned schedule is a .json file")
+
+
+def _validate_quality(args) -> None:
+    if args.heun_nfe and any(k % 2 == 0 for k in args.heun_nfe):
+        raise CLIError(f"--heun-nfe takes odd values (Heun spends 2K - 1 calls on K steps), got {args.heun_nfe}")
+
+
+def _validate_demo(args) -> None:
     pass
+
+
+def parse_args(argv) -> argparse.Namespace:
+    """Parse and validate the arguments of any command without touching files or running anything."""
+    args = build_parser().parse_args(argv)
+    args.validate(args)
+    return args
 
 
 # ----- shared plumbing --------------------------------------------------------------------
@@ -30,32 +207,45 @@ def load_model(spec: str, *, guidance: float = 1.0):
     """A Denoiser from --model; it carries `sample_shape` when known."""
     from .denoiser import Denoiser
 
-    if spec in ("digits", "digits_vp"):
+    if spec in BUILTIN:
         from .zoo.builtin import load
 
         return load(spec, guidance_scale=guidance)
     if os.path.isdir(spec):
         return _load_diffusers_dir(spec, guidance)
-    if ":" in spec:
+    if ":" in spec and not os.path.exists(spec):
         mod_name, _, attr = spec.partition(":")
         try:
-            factory = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise CLIError(f"--model {spec}: cannot import {attr!r} from {mod_name!r} ({e})") from None
-        den = factory()
+            module = importlib.import_module(mod_name)
+        except Exception as e:  # noqa: BLE001 - importing user code can raise anything; name it
+            raise CLIError(f"--model {spec}: cannot import {mod_name!r} ({type(e).__name__}: {_first_line(e)})") \
+                from None
+        factory = getattr(module, attr, None)
+        if factory is None:
+            raise CLIError(f"--model {spec}: cannot import {attr!r} from {mod_name!r} (no such attribute)")
+        if not callable(factory) or isinstance(factory, Denoiser):
+            raise CLIError(f"--model {spec}: {attr!r} is a {type(factory).__name__}, not a factory (a function "
+                           f"taking no arguments and returning an lf.Denoiser)")
+        try:
+            den = factory()
+        except Exception as e:  # noqa: BLE001
+            raise CLIError(f"--model {spec}: the factory failed ({type(e).__name__}: {_first_line(e)}); it must "
+                           f"take no arguments and return an lf.Denoiser") from None
         if not isinstance(den, Denoiser):
             raise CLIError(f"--model {spec}: the factory returned {type(den).__name__}, not an lf.Denoiser")
         if guidance != 1.0:
             if den.null_cond is None:
                 raise CLIError(f"--guidance needs a model with a null condition; {spec} has none")
-            den.guidance_scale = float(guidance)
+            den = den.with_guidance(guidance)
         return den
-    if os.path.exists(spec) or "/" in spec:
+    if os.path.exists(spec):
         raise CLIError(f"--model {spec}: not a folder (a local diffusers model folder is expected)")
-    raise CLIError(f"unknown --model {spec!r}: use digits, digits_vp, module.path:factory or a diffusers folder")
+    raise CLIError(f"unknown --model {spec!r}: use {', '.join(BUILTIN)}, module.path:factory or a diffusers folder")
 
 
 def _load_diffusers_dir(path: str, guidance: float):
+    from .io import read_json
+
     try:
         import diffusers
     except ImportError:
@@ -67,27 +257,26 @@ def _load_diffusers_dir(path: str, guidance: float):
     cfg = os.path.join(unet_dir, "config.json")
     if not os.path.isfile(cfg):
         raise CLIError(f"--model {path}: no UNet config.json in {unet_dir}")
-    import json
-
-    with open(cfg) as f:
-        cls_name = json.load(f).get("_class_name", "UNet2DModel")
-    unet_cls = getattr(diffusers, cls_name, None)
-    if unet_cls is None:
-        raise CLIError(f"--model {path}: unknown UNet class {cls_name!r}")
-    unet = unet_cls.from_pretrained(unet_dir, local_files_only=True).eval()
+    config = read_json(cfg, "UNet config")
+    cls_name = config.get("_class_name", "UNet2DModel") if isinstance(config, dict) else None
+    if cls_name not in DIFFUSERS_NETWORKS:
+        raise CLIError(f"--model {path}: {cfg} names class {cls_name!r}; ldd-fast loads only "
+                       f"{', '.join(DIFFUSERS_NETWORKS)} from a folder")
     sched_cfg = os.path.join(sched_dir, "scheduler_config.json")
     if not os.path.isfile(sched_cfg):
         raise CLIError(f"--model {path}: no scheduler_config.json in {sched_dir}")
-    with open(sched_cfg) as f:
-        scheduler = json.load(f)
+    scheduler = read_json(sched_cfg, "scheduler config")
     if guidance != 1.0:
         raise CLIError("--guidance with a diffusers folder needs a null condition: use the Python API "
                        "(lf.from_diffusers(unet, scheduler, guidance_scale=..., null_cond=...))")
-    den = from_diffusers(unet, scheduler)
-    size = unet.config.sample_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    den.sample_shape = (unet.config.in_channels, *size)
-    return den
+    try:
+        # safetensors only: a pickled .bin checkpoint could run code while loading.
+        unet = getattr(diffusers, cls_name).from_pretrained(unet_dir, local_files_only=True,
+                                                            use_safetensors=True).eval()
+    except Exception as e:  # noqa: BLE001 - diffusers and safetensors raise many types
+        raise CLIError(f"--model {path}: cannot load the {cls_name} weights in {unet_dir} ({type(e).__name__}: "
+                       f"{_first_line(e)}); ldd-fast reads safetensors weights only") from None
+    return from_diffusers(unet, scheduler)
 
 
 def sample_shape(den, override=None):
@@ -114,61 +303,48 @@ def load_schedule(spec: str, den, nfe: int | None, solver: str):
     raise CLIError(f"--schedule {spec!r}: expected one of {', '.join(KIND_CHOICES)} or a schedule .json file")
 
 
-def grid_image(x: torch.Tensor):
-    """Samples in [-1, 1] ([N, 1 or 3, H, W]) as one uint8 RGB array, one pixel of black between cells."""
-    import math
-
-    import numpy as np
-
-    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()
-    n, c, h, w = x.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.zeros((rows * (h + 2), cols * (w + 2), 3), np.uint8)
-    for k in range(n):
-        r, q = divmod(k, cols)
-        img = x[k].permute(1, 2, 0).numpy()
-        grid[r * (h + 2) + 1:r * (h + 2) + 1 + h, q * (w + 2) + 1:q * (w + 2) + 1 + w] = \
-            img if c == 3 else np.repeat(img[..., :1], 3, axis=2)
-    return grid
-
-
-def save_grid(x: torch.Tensor, path: str, *, scale: int = 4) -> None:
-    """Samples in [-1, 1] as one PNG grid, written atomically."""
-    from PIL import Image
-
-    from .io import atomic_write
-
-    grid = grid_image(x)
-    image = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-
-
-def _labels(args, n):
-    if args.label is None:
+def _labels(den, label: int | None, n: int):
+    """--label as one condition per sample, checked against the model as every executor checks it."""
+    if label is None:
         return None
-    if not 0 <= args.label <= 9:
-        raise CLIError(f"--label must be a digit 0..9, got {args.label}")
-    return torch.full((n,), args.label, dtype=torch.long)
+    if den.num_classes is None:
+        raise CLIError("--label needs a model conditioned on class labels; this one has no class count "
+                       "(lf.Denoiser(..., num_classes=...))")
+    from .denoiser import check_labels
+
+    cond = torch.full((n,), label, dtype=torch.long)
+    check_labels(cond, den.num_classes, what="--label")
+    return cond
+
+
+def _output(path: str, what: str) -> str:
+    from .io import check_output_path
+
+    return check_output_path(path, what)
 
 
 # ----- commands ---------------------------------------------------------------------------
 
 def cmd_sample(args) -> int:
+    from .io import atomic_write
     from .sample import sample
     from .teacher import noise_for
 
+    out = _output(args.out, "--out")
     den = load_model(args.model, guidance=args.guidance)
     sched = load_schedule(args.schedule, den, args.nfe, args.solver or "unipc")
     solver = args.solver or sched.solver or "unipc"
+    cond = _labels(den, args.label, args.n)
     z = noise_for(args.n, sample_shape(den, args.shape), args.seed)
     with torch.no_grad():
-        x = sample(den, z, sched, solver=solver, order=args.order, variant=args.variant, cond=_labels(args, args.n),
+        x = sample(den, z, sched, solver=solver, order=args.order, variant=args.variant, cond=cond,
                    force=args.force)
-    if args.out.endswith(".pt"):
-        torch.save(x, args.out)
+    if out.endswith(".pt"):
+        atomic_write(out, lambda tmp: torch.save(x, tmp))
     else:
-        save_grid(x, args.out)
+        from .plots import save_grid
+
+        save_grid(x, out)
     print(f"{args.n} samples, {solver} nfe={sched.nfe} ({sched.origin or 'schedule file'}) -> {args.out}")
     return 0
 
@@ -178,18 +354,26 @@ def cmd_learn(args) -> int:
     from .schedule import Schedule
     from .teacher import TeacherSpec
 
-    den = load_model(args.model, guidance=args.guidance)
+    out = _output(args.out, "--out")
     work = args.work_dir or os.path.splitext(args.out)[0] + "_ld3"
+    if os.path.exists(work) and not os.path.isdir(work):
+        raise CLIError(f"--work-dir {work}: exists and is not a folder")
+    init = None if args.init == "uniform" else "best" if args.init == "best" else Schedule.load(args.init)
+    den = load_model(args.model, guidance=args.guidance)
     teacher = TeacherSpec(solver=args.teacher_solver, order=args.teacher_order, nfe=args.teacher_nfe, kind="edm")
     cond = None
     if args.guidance != 1.0:
-        cond = lambda n, g: torch.randint(0, 10, (n,), generator=g)  # noqa: E731 - class labels of the digits
-    init = None if args.init == "uniform" else "best" if args.init == "best" else Schedule.load(args.init)
+        if den.num_classes is None:
+            raise CLIError("--guidance in `learn` draws a class label per teacher pair and needs a model "
+                           "conditioned on class labels; use the Python API (lf.learn(..., cond=...)) otherwise")
+        null = int(den.null_cond.reshape(-1)[0])
+        labels = torch.tensor([k for k in range(den.num_classes) if k != null])
+        cond = lambda n, g: labels[torch.randint(0, len(labels), (n,), generator=g)]  # noqa: E731
     res = learn(den, solver=args.solver, order=args.order, nfe=args.nfe, shape=sample_shape(den, args.shape),
                 mode=args.mode, teacher=teacher, n_train=args.n_train, n_valid=args.n_valid, loss=args.loss,
-                cond=cond, init=init, out=work, resume=args.resume, seed=args.seed, checkpoint_calls=args.checkpoint_calls,
-                **({"variant": args.variant} if args.variant else {}))
-    res.schedule.save(args.out)
+                cond=cond, init=init, out=work, resume=args.resume, seed=args.seed,
+                checkpoint_calls=args.checkpoint_calls, **({"variant": args.variant} if args.variant else {}))
+    res.schedule.save(out)
     m = res.schedule.metrics
     print(f"learned {args.solver} nfe={args.nfe}: held-out {m['loss']} {m['valid_hard_init']:.4f} -> "
           f"{m['valid_hard']:.4f} in {res.stats['seconds']:.0f} s ({res.stats['network_calls']} batched calls)")
@@ -197,10 +381,24 @@ def cmd_learn(args) -> int:
     return 0
 
 
-def cmd_quality(argv) -> int:
-    from .quality import main
+def cmd_quality(args) -> int:
+    from .metrics import FD_SAMPLES
+    from .quality import FULL, QUICK, SOLVERS as QUALITY_SOLVERS, run, solver_label
 
-    return main(argv)
+    size = dict(FULL if args.full else QUICK)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise CLIError(f"--out {args.out}: exists and is not a folder")
+    solvers = QUALITY_SOLVERS
+    if args.solvers:
+        known = {solver_label(*s): s for s in QUALITY_SOLVERS}
+        solvers = [known[s] for s in args.solvers]
+    n = args.n or size["n"]
+    if n < FD_SAMPLES:
+        raise CLIError(f"-n must be at least {FD_SAMPLES} (the FD sample count)")
+    run(models=args.models, n=n, nfes=args.nfe or size["nfes"], heun_nfes=args.heun_nfe or size["heun_nfes"],
+        out=args.out, learned_dir=args.learned, solvers=solvers, n_boot=args.boot)
+    print(f"wrote {os.path.join(args.out, 'quality.md')} (+ .csv, cells, plots)")
+    return 0
 
 
 def cmd_bench(argv) -> int:
@@ -216,103 +414,65 @@ def cmd_bench(argv) -> int:
     return module.main(argv) or 0
 
 
-def cmd_export(argv) -> int:
-    try:
-        from .export.cli import main
-    except ImportError as e:
-        raise CLIError(f"export needs the [export] extra: pip install -e '.[export]' ({e})") from None
-    return main(argv) or 0
+def cmd_export(args) -> int:
+    from .export.cli import run
+
+    return run(args) or 0
 
 
 def cmd_demo(args) -> int:
     from .demo import run
 
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise CLIError(f"--out {args.out}: exists and is not a folder")
     return run(out=args.out, quick=args.quick)
 
 
-# ----- parser -----------------------------------------------------------------------------
+# ----- errors -----------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ldd-fast",
-        description="Fast low-NFE sampling for diffusion models: learned time steps (LD3), standard ODE solvers, "
-                    "fused and exported samplers. Start with `ldd-fast demo`.",
-        epilog="Each command has its own --help, e.g. `ldd-fast sample --help`.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def model_args(sp):
-        sp.add_argument("--model", default="digits",
-                        help="digits | digits_vp | module.path:factory | local diffusers folder (default: digits)")
-        sp.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1: off)")
-        sp.add_argument("--shape", type=int, nargs="+", help="sample shape C H W if the model does not say it")
-
-    def solver_args(sp, default="unipc"):
-        sp.add_argument("--solver", default=default, choices=sorted(SOLVERS), help=f"ODE solver (default {default})")
-        sp.add_argument("--order", type=int, help="solver order (default: the solver's)")
-        sp.add_argument("--variant", help="unipc: bh1 | bh2; dpmpp: diffusers | taylor")
-
-    s = sub.add_parser("sample", help="draw samples with a solver and schedule, write a PNG grid",
-                       description="Draw samples and write them as a PNG grid (or a .pt tensor).")
-    model_args(s)
-    solver_args(s, default=None)
-    s.add_argument("--nfe", type=int, help="network calls (needed with a schedule kind)")
-    s.add_argument("--schedule", default="logsnr", help=f"{' | '.join(KIND_CHOICES)} | path/to/schedule.json")
-    s.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--label", type=int, help="digit class 0..9 for the built-in class-conditional models")
-    s.add_argument("--force", action="store_true", help="use a schedule made for another model or solver")
-    s.add_argument("--out", default="samples.png", help="output .png grid or .pt tensor")
-    s.set_defaults(func=cmd_sample)
-
-    le = sub.add_parser("learn", help="learn an LD3 schedule for a model, solver and NFE",
-                        description="Learn the time steps (and network times) of a solver at a fixed NFE with LD3. "
-                                    "Resumable: --resume continues an interrupted run from its last round.")
-    model_args(le)
-    solver_args(le)
-    le.add_argument("--nfe", type=int, required=True)
-    le.add_argument("--out", required=True, help="the learned schedule (.json)")
-    le.add_argument("--work-dir", help="teacher pairs, checkpoints and plots (default: <out>_ld3/)")
-    le.add_argument("--resume", action="store_true", help="continue an interrupted run in --work-dir")
-    le.add_argument("--mode", default="lambda", choices=["lambda", "time", "auto"],
-                    help="lambda (pixel models), time (latent models), auto: both, keep the better on validation")
-    le.add_argument("--init", default="uniform",
-                    help="start: uniform (in the mode's coordinate), best (the best hand-made schedule on the "
-                         "training pairs) or a schedule .json")
-    le.add_argument("--loss", default="pseudo_huber", choices=["pseudo_huber", "l2", "l1", "lpips"])
-    le.add_argument("--n-train", type=int, default=50)
-    le.add_argument("--n-valid", type=int, default=50)
-    le.add_argument("--teacher-solver", default="unipc", choices=sorted(SOLVERS))
-    le.add_argument("--teacher-order", type=int, default=3)
-    le.add_argument("--teacher-nfe", type=int, default=20)
-    le.add_argument("--seed", type=int, default=0)
-    le.add_argument("--checkpoint-calls", action="store_true", help="recompute network activations in backward")
-    le.set_defaults(func=cmd_learn)
-
-    sub.add_parser("quality", help="the quality benchmark (solvers x schedules x NFE)", add_help=False)
-    sub.add_parser("bench", help="the latency benchmark (backends vs the network-call floor)", add_help=False)
-    sub.add_parser("export", help="export a fixed sampler to ONNX (and TensorRT)", add_help=False)
-
-    d = sub.add_parser("demo", help="the main job: hand-made vs learned schedules on the built-in model",
-                       description="Load the built-in digits model, compare hand-made schedules at low NFE, learn an "
-                                   "LD3 schedule, show the backends that run here; writes images and tables.")
-    d.add_argument("--out", default="ldd_fast_out", help="output folder (default ./ldd_fast_out)")
-    d.add_argument("--quick", action="store_true", help="fewer samples and rounds (for tests)")
-    d.set_defaults(func=cmd_demo)
-    return p
+# Library messages name Python arguments; the command line names its flags.
+_CLI_WORDS = [(re.compile(r"[Pp]ass force=True"), "pass --force"), (re.compile(r"\bforce=True\b"), "--force"),
+              (re.compile(r"pass resume=True \(--resume\)"), "pass --resume"),
+              (re.compile(r"\bresume=True\b"), "--resume"),
+              (re.compile(r"pass solver=\.\.\."), "pass --solver"),
+              (re.compile(r"\bguidance_scale=(\S+)"), r"--guidance \1")]
 
 
-PASSTHROUGH = {"quality": cmd_quality, "bench": cmd_bench, "export": cmd_export}
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def describe_error(e: BaseException) -> str:
+    """One line for any error, in the command line's words."""
+    if isinstance(e, OSError) and not isinstance(e, LddFastError) and e.filename is not None:
+        msg = f"{e.strerror or _first_line(e)}: {e.filename}"
+    elif isinstance(e, (LddFastError, ValueError, TypeError, OSError, ImportError, RuntimeError)):
+        msg = _first_line(e)
+    elif isinstance(e, MemoryError):
+        msg = "out of memory (try a smaller -n or batch)"
+    else:
+        msg = (f"internal error {type(e).__name__}: {_first_line(e)} (please report it; LDD_FAST_TRACEBACK=1 "
+               f"shows where)")
+    for pattern, words in _CLI_WORDS:
+        msg = pattern.sub(words, msg)
+    return msg
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] in PASSTHROUGH:
-            return PASSTHROUGH[argv[0]](argv[1:])
-        args = build_parser().parse_args(argv)
+        if argv and argv[0] == "bench":
+            return cmd_bench(argv[1:])
+        args = parse_args(argv)
         return args.func(args)
-    except (CLIError, ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError, ImportError) as e:
-        print(f"ldd-fast: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("ldd-fast: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every error is one line; LDD_FAST_TRACEBACK=1 for bugs
+        if os.environ.get("LDD_FAST_TRACEBACK") == "1":
+            raise
+        print(f"ldd-fast: error: {describe_error(e)}", file=sys.stderr)
         return 2
 
 

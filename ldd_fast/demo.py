@@ -23,7 +23,7 @@ HELDOUT_SEED = 4242
 
 
 def run(out: str = "ldd_fast_out", quick: bool = False) -> int:
-    from .cli import save_grid
+    from .plots import save_grid
     from .learn import LD3Config, learn
     from .zoo.builtin import load
 

@@ -23,6 +23,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
+from .errors import ConditionError, finite_number
 from .noise import EDM, NoiseSchedule, VPDiscrete, as_time
 
 PREDICTIONS = ("eps", "x0", "v", "edm")
@@ -71,11 +72,21 @@ class Denoiser(nn.Module):
         null_cond: the condition meaning "unconditional" (e.g. a null class label or the
             empty-prompt embedding), for one example; required when guidance_scale != 1.
         sigma_data: EDM's sigma_data (prediction="edm" only).
+        num_classes: for a network conditioned on integer class labels, how many labels it
+            embeds (the null label included): every executor refuses labels outside
+            [0, num_classes) with the same ConditionError, instead of letting a backend clamp
+            or wrap them into another class.
+        sample_shape: the shape of one sample, when the model knows it (used by the command line).
+
+    guidance_scale and null_cond are fixed once validated (they decide every sample and are
+    recorded in schedules and exported graphs): `den.with_guidance(w, null_cond)` returns a new
+    Denoiser on the same network.
     """
 
     def __init__(self, net: Callable, noise: NoiseSchedule, *, prediction: str = "eps",
                  time_input: str | Callable | None = None, guidance_scale: float = 1.0,
-                 null_cond: torch.Tensor | None = None, sigma_data: float = 0.5):
+                 null_cond: torch.Tensor | None = None, sigma_data: float = 0.5, num_classes: int | None = None,
+                 sample_shape: tuple[int, ...] | None = None):
         super().__init__()
         if not callable(net):
             raise TypeError(f"net must be callable, got {type(net).__name__}")
@@ -90,22 +101,72 @@ class Denoiser(nn.Module):
             raise ValueError(f"time_input must be one of {TIME_INPUTS} or a callable, got {time_input!r}")
         if time_input == "index" and not isinstance(noise, VPDiscrete):
             raise ValueError("time_input='index' needs a VPDiscrete noise schedule")
-        guidance_scale = float(guidance_scale)
+        guidance_scale = finite_number(guidance_scale, "guidance_scale")
         if guidance_scale != 1.0 and null_cond is None:
             raise ValueError("guidance_scale != 1 needs null_cond: the condition that means 'unconditional' "
                              "(a null class label or the empty-prompt embedding); copying the conditional "
                              "one would make guidance do nothing")
+        sigma_data = finite_number(sigma_data, "sigma_data")
         if sigma_data <= 0:
             raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 1):
+            raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+        if null_cond is not None:
+            null_cond = torch.as_tensor(null_cond).detach().clone()
+            if null_cond.is_floating_point() and not torch.isfinite(null_cond).all():
+                raise ConditionError("null_cond holds NaN or inf")
+            if num_classes is not None:
+                check_labels(null_cond.reshape(-1), num_classes, what="null_cond")
+        if sample_shape is not None:
+            sample_shape = tuple(sample_shape)
+            if not sample_shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in sample_shape):
+                raise ValueError(f"sample_shape must be positive ints, got {sample_shape}")
         self.net = net
         self.noise = noise
         self.prediction = prediction
         self.time_input = time_input
-        self.guidance_scale = guidance_scale
-        self.null_cond = null_cond
-        self.sigma_data = float(sigma_data)
+        self._guidance_scale = guidance_scale
+        self._null_cond = null_cond
+        self.sigma_data = sigma_data
+        self.num_classes = num_classes
+        self.sample_shape = sample_shape
         self._net_takes_cond = _accepts_cond(net)
         self._fingerprint: tuple | None = None
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @guidance_scale.setter
+    def guidance_scale(self, value):
+        raise AttributeError("guidance_scale is fixed when the Denoiser is built; use den.with_guidance(scale) "
+                             "for a Denoiser with another scale")
+
+    @property
+    def null_cond(self) -> torch.Tensor | None:
+        """The unconditional condition (a copy: editing it changes nothing)."""
+        return None if self._null_cond is None else self._null_cond.clone()
+
+    @null_cond.setter
+    def null_cond(self, value):
+        raise AttributeError("null_cond is fixed when the Denoiser is built; use den.with_guidance(scale, "
+                             "null_cond=...)")
+
+    def with_guidance(self, guidance_scale: float, null_cond=None) -> "Denoiser":
+        """The same network with another guidance scale (and null condition, default: this one's)."""
+        null = self._null_cond if null_cond is None else null_cond
+        new = Denoiser(self.net, self.noise, prediction=self.prediction, time_input=self.time_input,
+                       guidance_scale=guidance_scale, null_cond=null, sigma_data=self.sigma_data,
+                       num_classes=self.num_classes, sample_shape=self.sample_shape)
+        for key, value in vars(self).items():  # what a caller attached (e.g. the zoo's name and info)
+            if not key.startswith("_") and key not in vars(new):
+                setattr(new, key, value)
+        return new.train(self.training)
+
+    def check_cond(self, cond, batch: int, *, values: bool = True) -> None:
+        """A ConditionError unless cond fits this model (see `check_condition`)."""
+        check_condition(cond, batch, self.num_classes, values=values)
 
     # ----- the parts a Plan may fold in -------------------------------------------------
 
@@ -154,20 +215,20 @@ class Denoiser(nn.Module):
         if t_net.dim() == 0:
             t_net = t_net.expand(batch)
         if cond is None:
-            return (self.net(x_in, t_net),) if not self._net_takes_cond else (self.net(x_in, t_net, None),)
+            out = self.net(x_in, t_net) if not self._net_takes_cond else self.net(x_in, t_net, None)
+            return (check_output(out, x_in),)
         if not self._net_takes_cond:
             raise TypeError(f"cond was given but {type(self.net).__name__} takes no condition argument")
         if not self.guided(cond):
-            return (self.net(x_in, t_net, cond),)
+            return (check_output(self.net(x_in, t_net, cond), x_in),)
         null = self._null_like(cond)
-        out = self.net(torch.cat([x_in, x_in]), torch.cat([t_net, t_net]), torch.cat([cond, null]))
-        # Slices, not chunk(2): torch.export cannot prove a symbolic chunk count and would pin the batch.
-        return out[:batch], out[batch:]
+        pair = torch.cat([x_in, x_in])
+        return halves(self.net(pair, torch.cat([t_net, t_net]), torch.cat([cond, null])), pair)
 
     def _null_like(self, cond: torch.Tensor) -> torch.Tensor:
-        key = (id(self.null_cond), cond.device, cond.dtype)
+        key = (cond.device, cond.dtype)
         if getattr(self, "_null_cache", (None,))[0] != key:  # one host-to-device copy, not one per call
-            null = torch.as_tensor(self.null_cond).to(cond.device)
+            null = self._null_cond.to(cond.device)
             if null.dtype != cond.dtype and null.is_floating_point():
                 null = null.to(cond.dtype)
             self._null_cache = (key, null)
@@ -243,6 +304,64 @@ def combine_output(x: torch.Tensor, raw: tuple[torch.Tensor, ...], aff: Affine) 
         term = _bcast(b, r) * r
         out = term if out is None else out + term
     return out
+
+
+def check_output(out, x: torch.Tensor) -> torch.Tensor:
+    """The network's output must have its input's shape: a silent broadcast would give a wrong sample."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the network returned {type(out).__name__}, not a tensor")
+    if out.shape != x.shape:
+        raise ValueError(f"the network returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)}: "
+                         f"its output must have the shape of its input")
+    return out
+
+
+def halves(out, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cond / uncond halves of one guided call on x = [x_c, x_u] (views). Slices, not chunk(2): torch.export
+    cannot prove a symbolic chunk count and would pin the batch."""
+    batch = x.shape[0] // 2
+    check_output(out, x)
+    return out[:batch], out[batch:]
+
+
+def check_condition(cond, batch: int, num_classes: int | None, *, values: bool = True) -> None:
+    """A ConditionError unless cond fits a model: one condition per sample; for a model of class labels
+    (num_classes set) integer labels [batch] within [0, num_classes); otherwise finite values.
+    values=False skips what needs the data itself (labels and finiteness), which for a tensor on an
+    accelerator would synchronise the host. Every executor (eager, Sampler, ONNX, TensorRT) calls this."""
+    if cond is None:
+        return
+    if not isinstance(cond, torch.Tensor) or cond.dim() == 0 or cond.shape[0] != batch:
+        shape = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
+        raise ConditionError(f"cond must be a tensor with one entry per sample ({batch}), got {shape}")
+    if num_classes is not None:
+        if cond.is_floating_point() or cond.is_complex() or cond.dtype == torch.bool or cond.dim() != 1:
+            raise ConditionError(f"cond must be integer class labels of shape [batch] for this model, got "
+                                 f"{cond.dtype} of shape {tuple(cond.shape)}")
+        if values:
+            check_labels(cond, num_classes)
+    elif values and cond.is_floating_point() and not _all_finite(cond):
+        raise ConditionError("cond holds NaN or inf")
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, *, what: str = "cond") -> None:
+    """A ConditionError naming the first label outside [0, num_classes). Host tensors are read through
+    numpy (no torch op runs); a label tensor on an accelerator is copied to the host once."""
+    values = labels.detach()
+    if values.device.type != "cpu":
+        values = values.cpu()
+    arr = values.numpy()
+    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+        bad = arr[(arr < 0) | (arr >= num_classes)][0]
+        raise ConditionError(f"{what} holds class label {int(bad)}, outside this model's labels 0..{num_classes - 1}")
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.float16):
+        import numpy as np
+
+        return bool(np.isfinite(x.detach().numpy()).all())
+    return bool(torch.isfinite(x).all())
 
 
 def check_state(x) -> None:

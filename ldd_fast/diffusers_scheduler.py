@@ -30,7 +30,6 @@ which is how a pipeline's `from_pretrained` finds it after `import ldd_fast`).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -72,7 +71,7 @@ def _plan_from_config(config: dict):
                    time_input=config["time_input"], sigma_data=config["sigma_data"])
     # The scheduler never sees the UNet's weights or the pipeline's guidance scale: those checks
     # happen in to_diffusers_scheduler(model=...); here the schedule is checked against the solver.
-    plain = dataclasses.replace(schedule, fingerprint=None, guidance_scale=None)
+    plain = schedule.replace(fingerprint=None, guidance_scale=None)
     plan = plan_for(den, plain, solver=config["solver"], order=config["solver_order"], force=config["force"],
                     variant=config["variant"], lower_order_final=config["lower_order_final"])
     return plan, den
@@ -250,7 +249,7 @@ def to_diffusers_scheduler(schedule: Schedule, *, solver: str | None = None, ord
         time_input = time_input or model.time_input
         sigma_data = model.sigma_data if sigma_data is None else sigma_data
     else:
-        plan = plan_for(Denoiser(_no_network, schedule.noise), dataclasses.replace(schedule, fingerprint=None,
+        plan = plan_for(Denoiser(_no_network, schedule.noise), schedule.replace(fingerprint=None,
                         guidance_scale=None), solver=solver, order=order, force=force, **options)
     pred = _TO_DIFFUSERS[_prediction(prediction_type or "epsilon")]
     return scheduler_class()(

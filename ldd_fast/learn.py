@@ -34,17 +34,21 @@ from torch import nn
 
 from . import solvers
 from .denoiser import Denoiser
-from .io import atomic_torch_save
+from .errors import StateFileError
+from .io import Fields, load_state, save_state
 from .losses import get_loss
 from .noise import DTYPE, NoiseSchedule
 from .progress import progress
 from .sample import run_plan
 from .schedule import Schedule
-from .teacher import TeacherData, TeacherSpec, make_teacher
+from .teacher import TeacherData, TeacherSpec, make_teacher, teacher_info
 
 MODES = ("lambda", "time")
-CHECKPOINT = "ld3_checkpoint.pt"
-TEACHER_FILE = "teacher.pt"
+CHECKPOINT = "ld3_checkpoint.safetensors"
+TEACHER_FILE = "teacher.safetensors"
+CHECKPOINT_KIND = "LD3 checkpoint"
+# Files of the pickle-based format (ldd-fast 0.1 before issue 9); never read, named in a warning.
+OLD_FILES = ("ld3_checkpoint.pt", "teacher.pt")
 
 
 @dataclass
@@ -175,15 +179,8 @@ class LD3Trainer:
                  config: LD3Config, loss="pseudo_huber", decoder=None, init: Schedule | None = None, out: str | None = None,
                  checkpoint_calls: bool = False, show_progress: bool = True, **solver_options):
         config.validate()
-        spec = solvers.get_solver(solver)
-        self.order = solvers.resolve_order(spec, order)
+        self.order, self.solver_options = resolve_solver(solver, order, nfe, solver_options)
         self.solver, self.nfe, self.cfg, self.den = solver, nfe, config, den
-        self.solver_options = dict(solver_options)
-        if "lower_order_final" in spec.options and self.solver_options.get("lower_order_final") is None:
-            self.solver_options["lower_order_final"] = solvers.steps_for_nfe(solver, nfe) \
-                < solvers.LOWER_ORDER_FINAL_BELOW
-        if "variant" in spec.options:
-            self.solver_options["variant"] = solvers.resolve_variant(spec, self.solver_options.get("variant"))
         need = config.n_train + config.n_valid
         if len(teacher) < need:
             raise ValueError(f"teacher data has {len(teacher)} pairs; n_train + n_valid = {need}")
@@ -354,9 +351,8 @@ class LD3Trainer:
     # ----- checkpoints ----------------------------------------------------------------
 
     def identity(self) -> dict:
-        return {"solver": self.solver, "order": self.order, "nfe": self.nfe, "options": self.solver_options,
-                "fingerprint": self.den.fingerprint(), "config": dataclasses.asdict(self.cfg),
-                "loss": self.loss_name, "teacher": self.teacher_info}
+        return run_identity(self.den, self.solver, self.order, self.nfe, self.solver_options, self.cfg,
+                            self.loss_name, self.teacher_info)
 
     def state_dict(self) -> dict:
         return {"identity": self.identity(), "round": self.round, "count_worse": self.count_worse,
@@ -364,23 +360,50 @@ class LD3Trainer:
                 "params": self.params.state_dict(), "opt_xi": self.opt_xi.state_dict(),
                 "opt_xi_c": self.opt_xi_c.state_dict(), "z_train": self.z_train, "z_valid": self.z_valid}
 
-    def load_state_dict(self, state: dict) -> None:
-        mine, theirs = self.identity(), state["identity"]
-        diff = [k for k in mine if mine[k] != theirs.get(k)]
-        if diff:
-            raise ValueError(f"the checkpoint belongs to another run (differs in {', '.join(diff)}); "
-                             "remove it or start without --resume")
-        self.round, self.count_worse, self.calls = state["round"], state["count_worse"], state["calls"]
-        self.elapsed, self.history, self.best = state["elapsed"], state["history"], state["best"]
-        self.params.load_state_dict(state["params"])
-        self.opt_xi.load_state_dict(state["opt_xi"])
-        self.opt_xi_c.load_state_dict(state["opt_xi_c"])
-        self.z_train, self.z_valid = state["z_train"], state["z_valid"]
+    def load_state_dict(self, state: dict, where: str = "LD3 checkpoint") -> None:
+        """Restore a run from a checkpoint, checking every field first (StateFileError names the field)."""
+        f = Fields(state, where)
+        check_identity(f, self.identity())
+        n_steps, n_shift = self.params.xi.numel(), self.params.xi_c.numel()
+        rnd = f.int("round", 0, self.total_rounds)
+        count_worse, calls, elapsed = f.int("count_worse"), f.int("calls"), f.number("elapsed")
+        history = f.get("history", list)
+        if len(history) != rnd + 1 or not all(isinstance(h, dict) and isinstance(h.get("valid_hard"), float)
+                                                 for h in history):
+            raise f.error("history", f"expected {rnd + 1} round records with a 'valid_hard' loss")
+        best = f.sub("best")
+        best.number("valid_hard")
+        best.int("round", -1, self.total_rounds)
+        best.tensor("xi", shape=(n_steps,), floating=True, finite=True)
+        best.tensor("xi_c", shape=(n_shift,), floating=True, finite=True)
+        z_train = f.tensor("z_train", shape=self.z_train.shape, floating=True, finite=True)
+        z_valid = f.tensor("z_valid", shape=self.z_valid.shape, floating=True, finite=True)
+        params = f.sub("params")
+        for key, value in self.params.state_dict().items():
+            params.tensor(key, shape=value.shape, floating=True, finite=True)
+        opt_states = {}
+        for key, param in (("opt_xi", self.params.xi), ("opt_xi_c", self.params.xi_c)):
+            opt = f.sub(key)
+            for slot in opt.get("state", dict).values():
+                for name, v in (slot.items() if isinstance(slot, dict) else [("?", slot)]):
+                    if not isinstance(v, torch.Tensor) or (v.dim() > 0 and v.shape != param.shape):
+                        raise f.error(key, f"optimizer state {name!r} does not fit the parameter {tuple(param.shape)}")
+            opt_states[key] = opt.tree
+        try:
+            self.params.load_state_dict(params.tree)
+            self.opt_xi.load_state_dict(opt_states["opt_xi"])
+            self.opt_xi_c.load_state_dict(opt_states["opt_xi_c"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise StateFileError(f"{where}: does not fit this run ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        self.round, self.count_worse, self.calls, self.elapsed = rnd, count_worse, calls, elapsed
+        self.history, self.best = history, best.tree
+        self.z_train, self.z_valid = z_train.to(self.z_train.dtype), z_valid.to(self.z_valid.dtype)
 
     def save_checkpoint(self) -> None:
         if self.out is None:
             return
-        atomic_torch_save(self.state_dict(), os.path.join(self.out, CHECKPOINT))
+        save_state(os.path.join(self.out, CHECKPOINT), CHECKPOINT_KIND, self.state_dict())
 
     # ----- the run --------------------------------------------------------------------
 
@@ -429,11 +452,39 @@ class LD3Trainer:
                   "stats": self.stats()})
 
 
-def _teacher_data(den, teacher, shape, n, seed, cond, out, show_progress) -> TeacherData:
+def resolve_solver(solver: str, order: int | None, nfe: int, options: dict) -> tuple[int, dict]:
+    """The order and the full solver options a run uses (defaults filled in, as make_plan fills them)."""
+    spec = solvers.get_solver(solver)
+    order = solvers.resolve_order(spec, order)
+    options = dict(options)
+    if "lower_order_final" in spec.options and options.get("lower_order_final") is None:
+        options["lower_order_final"] = solvers.steps_for_nfe(solver, nfe) < solvers.LOWER_ORDER_FINAL_BELOW
+    if "variant" in spec.options:
+        options["variant"] = solvers.resolve_variant(spec, options.get("variant"))
+    return order, options
+
+
+def run_identity(den, solver, order, nfe, options, cfg, loss_name, teacher_info) -> dict:
+    """What a checkpoint must match to be resumed by this run."""
+    return {"solver": solver, "order": order, "nfe": nfe, "options": options, "fingerprint": den.fingerprint(),
+            "config": dataclasses.asdict(cfg), "loss": loss_name, "teacher": teacher_info}
+
+
+def check_identity(f: Fields, mine: dict) -> None:
+    theirs = f.get("identity", dict)
+    diff = [k for k in mine if mine[k] != theirs.get(k)]
+    if diff:
+        raise StateFileError(f"{f.where}: belongs to another run (differs in {', '.join(diff)}); remove it or "
+                             f"start without --resume")
+
+
+def _teacher_source(den, teacher, shape, n, seed, out):
+    """(TeacherData or None, TeacherSpec or None, the teacher's info) without making or writing anything."""
     if isinstance(teacher, TeacherData):
-        return teacher
+        return teacher, None, teacher.info
     if isinstance(teacher, (str, os.PathLike)):
-        return TeacherData.load(teacher)
+        data = TeacherData.load(teacher)
+        return data, None, data.info
     spec = TeacherSpec(**teacher) if isinstance(teacher, dict) else (teacher or TeacherSpec())
     if not isinstance(spec, TeacherSpec):
         raise TypeError(f"teacher must be a TeacherSpec, a dict of its fields, TeacherData or a file path, "
@@ -441,15 +492,9 @@ def _teacher_data(den, teacher, shape, n, seed, cond, out, show_progress) -> Tea
     path = None if out is None else os.path.join(out, TEACHER_FILE)
     if path and os.path.isfile(path):
         data = TeacherData.load(path)
-        same = (data.info.get("teacher") == spec.describe() and data.info.get("seed") == seed
-                and data.info.get("fingerprint") == den.fingerprint() and len(data) >= n
-                and tuple(data.info.get("shape", ())) == tuple(shape))
-        if same:
-            return data
-    data = make_teacher(den, shape, n, spec=spec, seed=seed, cond=cond, show_progress=show_progress)
-    if path:
-        data.save(path)
-    return data
+        if data.info == teacher_info(den, spec, shape, len(data), seed) and len(data) >= n:
+            return data, spec, data.info
+    return None, spec, teacher_info(den, spec, shape, n, seed)
 
 
 def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, shape, mode: str = "lambda",
@@ -474,6 +519,10 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
     both (in out/lambda and out/time) and keep the one with the lower validation hard loss; the
     result's history is the winner's, schedule.info["mode_selection"] records both losses.
     """
+    if out is not None:
+        out = os.fspath(out)
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise NotADirectoryError(f"the LD3 work folder {out} exists and is not a folder")
     if mode == "auto":
         runs = {}
         for m in MODES:
@@ -496,12 +545,15 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
     solvers.steps_for_nfe(solver, nfe)
     cfg = dataclasses.replace(config or LD3Config(), mode=mode, n_train=n_train, n_valid=n_valid, seed=seed)
     cfg.validate()
-    if out is not None:
-        os.makedirs(out, exist_ok=True)
     ckpt = None if out is None else os.path.join(out, CHECKPOINT)
-    if ckpt and os.path.isfile(ckpt) and not resume:
-        raise FileExistsError(f"{ckpt} exists from an earlier run: pass resume=True (--resume) to continue it, "
-                              "or remove it to start over")
+    if out is not None:
+        if os.path.isfile(ckpt) and not resume:
+            raise FileExistsError(f"{ckpt} exists from an earlier run: pass resume=True (--resume) to continue it, "
+                                  "or remove it to start over")
+        old = [name for name in OLD_FILES if os.path.isfile(os.path.join(out, name))]
+        if old:
+            warnings.warn(f"{out}: {', '.join(old)} from an older ldd-fast (pickle format) are never read; this "
+                          f"run starts over. Remove them.", stacklevel=2)
     # LD3 needs a deterministic network (eval mode) and no gradients for its weights.
     den.eval()
     frozen = [(p, p.requires_grad) for p in den.parameters()]
@@ -517,16 +569,31 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
 
 def _learn(den, solver, order, nfe, shape, cfg, teacher, loss, decoder, cond, init, out, resume, ckpt,
            checkpoint_calls, show_progress, solver_options) -> LearnResult:
-    data = _teacher_data(den, teacher, shape, cfg.n_train + cfg.n_valid, cfg.seed, cond, out, show_progress)
     if isinstance(init, str) and init != "best":
         raise ValueError(f"init must be a Schedule, None or 'best', got {init!r}")
+    n = cfg.n_train + cfg.n_valid
+    data, spec, info = _teacher_source(den, teacher, shape, n, cfg.seed, out)
+    state = None
+    if resume and ckpt and os.path.isfile(ckpt):
+        # Checked before anything is made or written: a refused resume leaves the folder as it was.
+        state = load_state(ckpt, CHECKPOINT_KIND)
+        order_, options = resolve_solver(solver, order, nfe, solver_options)
+        loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "callable")
+        check_identity(Fields(state, f"{CHECKPOINT_KIND} file {ckpt}"),
+                       run_identity(den, solver, order_, nfe, options, cfg, loss_name, info))
+    if out is not None:
+        os.makedirs(out, exist_ok=True)
+    if data is None:
+        data = make_teacher(den, shape, n, spec=spec, seed=cfg.seed, cond=cond, show_progress=show_progress)
+        if out is not None:
+            data.save(os.path.join(out, TEACHER_FILE))
     trainer = LD3Trainer(den, solver=solver, order=order, nfe=nfe, teacher=data, config=cfg, loss=loss,
                          decoder=decoder, init=None if isinstance(init, str) else init, out=out,
                          checkpoint_calls=checkpoint_calls, show_progress=show_progress, **solver_options)
     if init == "best":
         init = trainer.choose_init()
-    if resume and ckpt and os.path.isfile(ckpt):
-        trainer.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False))
+    if state is not None:
+        trainer.load_state_dict(state, where=f"{CHECKPOINT_KIND} file {ckpt}")
     result = trainer.fit()
     if out is not None:
         result.schedule.save(os.path.join(out, "schedule.json"))

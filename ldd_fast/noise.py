@@ -15,7 +15,21 @@ import warnings
 
 import torch
 
+from .errors import NoiseScheduleError, finite_number
+
 DTYPE = torch.float64
+# |lambda| at t_min and t_max (the half log-SNR): sigma / alpha within [e^-30, e^30] = [9e-14, 1e13]. Every
+# model we know of sits far inside (EDM 80 / 0.002: -4.4 / 6.2; Stable Diffusion: -2.7 / 3.5); beyond it
+# alpha or sigma / alpha leave what float32 samples and coefficients can carry.
+LAMBDA_LIMIT = 30.0
+
+
+def _number(cls: str, name: str, v, *, positive: bool = False, nonnegative: bool = False) -> float:
+    """A finite float parameter, or a NoiseScheduleError naming the schedule and the parameter."""
+    v = finite_number(v, f"{cls}: {name}", NoiseScheduleError)
+    if positive and v <= 0 or nonnegative and v < 0:
+        raise NoiseScheduleError(f"{cls}: {name} must be {'positive' if positive else '>= 0'}, got {v}")
+    return v
 
 
 def as_time(t) -> torch.Tensor:
@@ -55,6 +69,27 @@ class NoiseSchedule:
     def describe(self) -> dict:
         raise NotImplementedError
 
+    def __setattr__(self, name, value):
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"{type(self).__name__} cannot change after it is validated; build a new one")
+        object.__setattr__(self, name, value)
+
+    def _finish(self) -> None:
+        """Check the time range and its log-SNR, then freeze: every parameter is final from here on."""
+        name = type(self).__name__
+        if not (0 < self.t_min < self.t_max):
+            raise NoiseScheduleError(f"{name}: need 0 < t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}")
+        with torch.no_grad():
+            lam_lo, lam_hi = float(self.lam(self.t_max)), float(self.lam(self.t_min))
+        if not (math.isfinite(lam_lo) and math.isfinite(lam_hi) and lam_hi > lam_lo):
+            raise NoiseScheduleError(f"{name}: degenerate parameters: the log-SNR over [t_min, t_max] runs from "
+                                     f"{lam_hi} to {lam_lo}, not a finite decreasing range")
+        if lam_lo < -LAMBDA_LIMIT or lam_hi > LAMBDA_LIMIT:
+            raise NoiseScheduleError(f"{name}: the log-SNR lambda = log(alpha / sigma) over [t_min, t_max] runs "
+                                     f"from {lam_hi:.4g} to {lam_lo:.4g}, beyond +-{LAMBDA_LIMIT:g} (sigma / alpha "
+                                     f"outside [{math.exp(-LAMBDA_LIMIT):.1e}, {math.exp(LAMBDA_LIMIT):.1e}])")
+        self._frozen = True
+
     def __eq__(self, other):
         return isinstance(other, NoiseSchedule) and self.describe() == other.describe()
 
@@ -65,18 +100,15 @@ class NoiseSchedule:
         d = {k: v for k, v in self.describe().items() if k != "alphas_cumprod"}
         return f"{d.pop('type')}({', '.join(f'{k}={v}' for k, v in d.items())})"
 
-    def _check_range(self):
-        if not (math.isfinite(self.t_min) and math.isfinite(self.t_max) and 0 < self.t_min < self.t_max):
-            raise ValueError(f"{type(self).__name__}: need 0 < t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}")
-
 
 class EDM(NoiseSchedule):
     """Variance exploding in EDM's parameterisation (Karras et al. 2022): alpha = 1, sigma = t."""
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
-        self.t_min, self.t_max = float(sigma_min), float(sigma_max)
-        self._check_range()
+        self.t_min = _number("EDM", "sigma_min", sigma_min, positive=True)
+        self.t_max = _number("EDM", "sigma_max", sigma_max, positive=True)
         self.prior_scale = self.t_max
+        self._finish()
 
     def log_alpha(self, t):
         return torch.zeros_like(as_time(t))
@@ -114,11 +146,13 @@ class VPLinear(_VP):
     """VP-SDE with linear beta(t) = beta_min + t (beta_max - beta_min) (Song et al. 2021)."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0):
-        if not (0 <= beta_min < beta_max):
-            raise ValueError(f"VPLinear: need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
-        self.t_min, self.t_max = float(t_min), float(t_max)
-        self._check_range()
+        self.beta_min = _number("VPLinear", "beta_min", beta_min, nonnegative=True)
+        self.beta_max = _number("VPLinear", "beta_max", beta_max, positive=True)
+        if not self.beta_min < self.beta_max:
+            raise NoiseScheduleError(f"VPLinear: need beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
+        self.t_min = _number("VPLinear", "t_min", t_min, positive=True)
+        self.t_max = _number("VPLinear", "t_max", t_max, positive=True)
+        self._finish()
 
     def log_alpha(self, t):
         t = as_time(t)
@@ -139,16 +173,17 @@ class VPCosine(_VP):
     """Cosine schedule (Nichol & Dhariwal 2021); T = 0.9946 keeps lambda(T) finite, as DPM-Solver."""
 
     def __init__(self, s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946):
-        self.s = float(s)
-        self.t_min = float(t_min)
+        self.s = _number("VPCosine", "s", s, nonnegative=True)
+        self.t_min = _number("VPCosine", "t_min", t_min, positive=True)
+        t_max = _number("VPCosine", "t_max", t_max, positive=True)
         self._log_alpha_0 = math.log(math.cos(self.s / (1.0 + self.s) * math.pi / 2.0))
         if t_max >= 1.0:
             # alpha(1) = cos(pi / 2) = 0 exactly: zero terminal SNR.
             warnings.warn(f"VPCosine: t_max={t_max} has zero terminal SNR (lambda = -inf); clipping t_max to 0.9946",
                           stacklevel=2)
             t_max = 0.9946
-        self.t_max = float(t_max)
-        self._check_range()
+        self.t_max = t_max
+        self._finish()
 
     def log_alpha(self, t):
         t = as_time(t)
@@ -171,29 +206,40 @@ class VPDiscrete(_VP):
     """
 
     def __init__(self, alphas_cumprod, t_min: float | None = None, t_max: float | None = None):
-        ac = torch.as_tensor(alphas_cumprod, dtype=DTYPE).detach().cpu().flatten()
+        if isinstance(alphas_cumprod, (list, tuple)) and any(isinstance(a, bool) or not isinstance(a, (int, float))
+                                                            for a in alphas_cumprod):
+            raise NoiseScheduleError("VPDiscrete: alphas_cumprod must be a list of numbers")
+        try:
+            ac = torch.as_tensor(alphas_cumprod, dtype=DTYPE).detach().cpu().flatten()
+        except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+            raise NoiseScheduleError(f"VPDiscrete: alphas_cumprod is not a list of numbers ({e})") from None
         if ac.numel() < 2:
-            raise ValueError("VPDiscrete: alphas_cumprod needs at least 2 entries")
+            raise NoiseScheduleError("VPDiscrete: alphas_cumprod needs at least 2 entries")
         if not torch.isfinite(ac).all() or (ac < 0).any() or (ac > 1).any():
-            raise ValueError("VPDiscrete: alphas_cumprod must be finite and within [0, 1]")
+            raise NoiseScheduleError("VPDiscrete: alphas_cumprod must be finite and within [0, 1]")
         if not (ac[1:] < ac[:-1]).all():
-            raise ValueError("VPDiscrete: alphas_cumprod must be strictly decreasing")
-        self.alphas_cumprod = ac
+            raise NoiseScheduleError("VPDiscrete: alphas_cumprod must be strictly decreasing")
+        self._alphas_cumprod = ac
         self.N = ac.numel()
         self._t_grid = torch.arange(1, self.N + 1, dtype=DTYPE) / self.N
         self._log_alpha_grid = 0.5 * torch.log(ac)  # may end in -inf (zero terminal SNR)
         self._on_device = {}
-        self.t_min = float(self._t_grid[0]) if t_min is None else float(t_min)
-        t_max = 1.0 if t_max is None else float(t_max)
+        self.t_min = float(self._t_grid[0]) if t_min is None else _number("VPDiscrete", "t_min", t_min, positive=True)
+        t_max = 1.0 if t_max is None else _number("VPDiscrete", "t_max", t_max, positive=True)
         if ac[-1] == 0 and t_max > float(self._t_grid[-2]):
             warnings.warn(
                 f"VPDiscrete: alphas_cumprod[-1] = 0 (zero terminal SNR); clipping t_max from {t_max} "
                 f"to the last finite grid point {float(self._t_grid[-2])}", stacklevel=2)
             t_max = float(self._t_grid[-2])
         self.t_max = t_max
-        self._check_range()
         if self.t_min < float(self._t_grid[0]) or self.t_max > 1.0:
-            raise ValueError(f"VPDiscrete: [t_min, t_max] must lie within [1/N, 1] = [{1 / self.N}, 1]")
+            raise NoiseScheduleError(f"VPDiscrete: [t_min, t_max] must lie within [1/N, 1] = [{1 / self.N}, 1]")
+        self._finish()
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """The training schedule's cumulative alphas (a copy: the schedule itself cannot change)."""
+        return self._alphas_cumprod.clone()
 
     @classmethod
     def from_betas(cls, betas, **kw):
@@ -242,24 +288,43 @@ class VPDiscrete(_VP):
         return as_time(t) * self.N - 1.0
 
     def describe(self):
-        ac = [float(a) for a in self.alphas_cumprod]
+        ac = self._alphas_cumprod.tolist()
         return {"type": "VPDiscrete", "t_min": self.t_min, "t_max": self.t_max, "alphas_cumprod": ac,
                 "sha256": hashlib.sha256(json.dumps(ac).encode()).hexdigest()[:16]}
 
 
 _TYPES = {"EDM": EDM, "VPLinear": VPLinear, "VPCosine": VPCosine, "VPDiscrete": VPDiscrete}
+_PARAMS = {"EDM": ("sigma_min", "sigma_max"), "VPLinear": ("beta_min", "beta_max", "t_min", "t_max"),
+           "VPCosine": ("s", "t_min", "t_max"), "VPDiscrete": ("alphas_cumprod", "t_min", "t_max", "sha256")}
 
 
 def from_description(d: dict) -> NoiseSchedule:
-    """Rebuild a noise schedule from `describe()` output (as stored in a Schedule file)."""
+    """Rebuild a noise schedule from `describe()` output (as stored in a Schedule file).
+
+    Every key is checked: an unknown or missing parameter, a wrong type or a value out of range
+    is a NoiseScheduleError; a VPDiscrete description must match its own sha256.
+    """
     if not isinstance(d, dict) or d.get("type") not in _TYPES:
-        raise ValueError(f"unknown noise schedule description: type={d.get('type') if isinstance(d, dict) else d!r}; "
-                         f"expected one of {sorted(_TYPES)}")
+        kind = d.get("type") if isinstance(d, dict) else type(d).__name__
+        raise NoiseScheduleError(f"unknown noise schedule description: type={kind!r:.60}; expected one of "
+                                 f"{sorted(_TYPES)}")
     d = dict(d)
     kind = d.pop("type")
+    unknown = sorted(str(k) for k in d if k not in _PARAMS[kind])
+    if unknown:
+        raise NoiseScheduleError(f"{kind}: unknown parameter(s) {', '.join(unknown)[:200]}")
+    missing = [k for k in _PARAMS[kind] if k not in d and k != "sha256"]
+    if missing:
+        raise NoiseScheduleError(f"{kind}: parameter(s) {', '.join(missing)} missing")
     if kind == "EDM":
         return EDM(d["sigma_min"], d["sigma_max"])
     if kind == "VPDiscrete":
-        d.pop("sha256", None)
-        return VPDiscrete(d.pop("alphas_cumprod"), **d)
+        digest = d.pop("sha256", None)
+        ac = d.pop("alphas_cumprod", None)
+        if not isinstance(ac, list):
+            raise NoiseScheduleError(f"VPDiscrete: alphas_cumprod must be a list of numbers, got {type(ac).__name__}")
+        noise = VPDiscrete(ac, **d)
+        if digest is not None and digest != noise.describe()["sha256"]:
+            raise NoiseScheduleError("VPDiscrete: alphas_cumprod does not match its sha256 (edited or corrupt)")
+        return noise
     return _TYPES[kind](**d)

@@ -1,7 +1,40 @@
-"""Plots of a learning run (matplotlib, the [demo] extra): learning curve and learned vs initial times."""
+"""Pictures (the [demo] extra: matplotlib, pillow): sample grids, and the plots of a learning run
+(learning curve, learned vs initial times). Every picture the package makes is drawn here."""
 from __future__ import annotations
 
+import math
 import os
+
+from .io import atomic_write
+
+
+def grid_image(x):
+    """Samples in [-1, 1] ([N, 1 or 3, H, W]) as one uint8 RGB array, one pixel of black between cells."""
+    import numpy as np
+
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()
+    n, c, h, w = x.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * (h + 2), cols * (w + 2), 3), np.uint8)
+    for k in range(n):
+        r, q = divmod(k, cols)
+        img = x[k].permute(1, 2, 0).numpy()
+        grid[r * (h + 2) + 1:r * (h + 2) + 1 + h, q * (w + 2) + 1:q * (w + 2) + 1 + w] = \
+            img if c == 3 else np.repeat(img[..., :1], 3, axis=2)
+    return grid
+
+
+def save_grid(x, path: str, *, scale: int = 4) -> None:
+    """Samples in [-1, 1] as one PNG grid, written atomically."""
+    from PIL import Image
+
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"a PNG grid shows images [N, 1 or 3, H, W]; these samples have shape {tuple(x.shape)}: "
+                         f"write them to a .pt file instead")
+    grid = grid_image(x)
+    image = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _pyplot():
@@ -33,7 +66,7 @@ def plot_learning(result, *, init_schedule=None, out: str) -> list[str]:
     ax.legend()
     fig.tight_layout()
     curve = os.path.join(out, "learning_curve.png")
-    fig.savefig(curve, dpi=120)
+    atomic_write(curve, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
     sched = result.schedule
@@ -50,6 +83,6 @@ def plot_learning(result, *, init_schedule=None, out: str) -> list[str]:
     ax.legend()
     fig.tight_layout()
     times = os.path.join(out, "time_steps.png")
-    fig.savefig(times, dpi=120)
+    atomic_write(times, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return [curve, times]

@@ -16,7 +16,6 @@ it stopped. Outputs under --out: quality_cells.jsonl, quality.csv, quality.md, a
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -26,11 +25,11 @@ import time
 import torch
 
 from . import schedule as schedule_mod
-from .io import atomic_torch_save
+from .errors import StateFileError
+from .io import Fields, atomic_write, atomic_write_text, load_state, save_state
 from .metrics import FD_SAMPLES, DigitsMetrics, bootstrap_mean, paired_bootstrap, psnr, rmse
 from .progress import progress
 from .sample import sample
-from .io import atomic_write_text
 from .schedule import Schedule, discretize
 from .teacher import noise_for
 
@@ -57,12 +56,23 @@ def _sample(den, z, sched, solver, order, variant, batch=500):
         return torch.cat([sample(den, c, sched, solver=solver, order=order, variant=variant) for c in z.split(batch)])
 
 
+REFERENCE_KIND = "quality reference"
+CELL_KIND = "quality cell"
+
+
 def reference(den, model: str, n: int, cache: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(z, reference samples, check record), cached under `cache`."""
-    path = os.path.join(cache, f"{model}_reference_{n}.pt")
+    """(z, reference samples, check record), cached under `cache` (recomputed for another model's weights)."""
+    path = os.path.join(cache, f"{model}_reference_{n}.safetensors")
+    shape = (n, *den.sample_shape)
     if os.path.isfile(path):
-        d = torch.load(path, weights_only=False)
-        return d["z"], d["y"], d["check"]
+        f = Fields(load_state(path, REFERENCE_KIND), f"{REFERENCE_KIND} file {path}")
+        z = f.tensor("z", shape=shape, floating=True, finite=True)
+        y = f.tensor("y", shape=shape, floating=True, finite=True)
+        check = f.get("check", dict)
+        if f.get("fingerprint", str) == den.fingerprint():
+            if not torch.equal(z, noise_for(n, den.sample_shape, HELDOUT_SEED)):
+                raise f.error("z", "is not the held-out noise of this benchmark")
+            return z, y, check
     z = noise_for(n, den.sample_shape, HELDOUT_SEED)
     s, o, k = REFERENCE
     y = _sample(den, z, discretize(den.noise, k, "edm", solver=s), s, o, None)
@@ -72,8 +82,40 @@ def reference(den, model: str, n: int, cache: str) -> tuple[torch.Tensor, torch.
     check = {"reference": f"{s}{o} {k} steps edm", "check": f"{s2}{o2} {k2} steps edm",
              "rmse_mean": err.mean().item(), "rmse_max": err.max().item()}
     os.makedirs(cache, exist_ok=True)
-    atomic_torch_save({"z": z, "y": y, "check": check}, path)
+    save_state(path, REFERENCE_KIND, {"z": z, "y": y, "check": check, "fingerprint": den.fingerprint()})
     return z, y, check
+
+
+def _cell_path(cache: str, key: str) -> str:
+    return os.path.join(cache, key.replace("|", "_") + ".safetensors")
+
+
+def _load_cell(cache: str, key: str, n: int) -> dict:
+    path = _cell_path(cache, key)
+    f = Fields(load_state(path, CELL_KIND), f"{CELL_KIND} file {path}")
+    rmse_ = f.tensor("rmse", shape=(n,), floating=True, finite=True)
+    fd = f.tensor("fd_samples", floating=True, finite=True)
+    if fd.dim() < 2 or fd.shape[0] != min(n, FD_SAMPLES):
+        raise f.error("fd_samples", f"expected {min(n, FD_SAMPLES)} samples, got shape {tuple(fd.shape)}")
+    return {"rmse": rmse_, "fd_samples": fd}
+
+
+def read_cells(path: str) -> dict:
+    """The finished cells of an earlier (interrupted) run: key -> record."""
+    done = {}
+    if not os.path.isfile(path):
+        return done
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                done[rec["key"]] = rec
+            except (ValueError, TypeError, KeyError) as e:
+                raise StateFileError(f"quality cells file {path}, line {i}: not a cell record ({e}); remove the "
+                                     f"line or the file to recompute it") from None
+    return done
 
 
 def _cells(models, solvers, nfes, heun_nfes, kinds, learned_dir):
@@ -100,13 +142,7 @@ def run(*, models=MODELS, n: int, nfes, heun_nfes, out: str, learned_dir: str | 
     os.makedirs(out, exist_ok=True)
     cache = os.path.join(out, "cache")
     cells_path = os.path.join(out, "quality_cells.jsonl")
-    done = {}
-    if os.path.isfile(cells_path):
-        with open(cells_path) as f:
-            for line in f:
-                if line.strip():
-                    rec = json.loads(line)
-                    done[rec["key"]] = rec
+    done = read_cells(cells_path)
     metrics = DigitsMetrics()
     todo = [c for c in _cells(models, solvers, nfes, heun_nfes, kinds, learned_dir)
             if cell_key(*c[:6]) not in done]
@@ -123,14 +159,14 @@ def run(*, models=MODELS, n: int, nfes, heun_nfes, out: str, learned_dir: str | 
         x = _sample(den, z, sched, solver, order, variant)
         err = rmse(x, y)
         key = cell_key(model, solver, order, variant, nfe, name)
-        torch.save({"rmse": err, "fd_samples": x[:FD_SAMPLES].clone()}, os.path.join(cache, key.replace("|", "_") + ".pt"))
+        save_state(_cell_path(cache, key), CELL_KIND, {"rmse": err, "fd_samples": x[:FD_SAMPLES].clone()})
         rec = {"key": key, "model": model, "solver": solver_label(solver, order, variant), "nfe": nfe,
                "schedule": name, "n": n, "rmse": bootstrap_mean(err), "psnr": bootstrap_mean(psnr(x, y)),
                "fd": metrics.fd(x[:FD_SAMPLES], n_boot=n_boot), "seconds": time.perf_counter() - t0,
                "reference_check": check}
-        with open(cells_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
         done[key] = rec
+        # The whole file, atomically: an interrupted run never leaves half a line.
+        atomic_write_text(cells_path, "".join(json.dumps(r) + "\n" for r in done.values()))
     records = [done[cell_key(*c[:6])] for c in _cells(models, solvers, nfes, heun_nfes, kinds, learned_dir)]
     comparisons = compare_learned(records, out, metrics, dens, refs, n_boot)
     write_reports(records, comparisons, out)
@@ -158,8 +194,8 @@ def compare_learned(records, out, metrics, dens, refs, n_boot) -> list[dict]:
         if not learned or not hand:
             continue
         best = min(hand, key=lambda r: r["rmse"]["mean"])
-        la = torch.load(os.path.join(cache, learned[0]["key"].replace("|", "_") + ".pt"))
-        lb = torch.load(os.path.join(cache, best["key"].replace("|", "_") + ".pt"))
+        la = _load_cell(cache, learned[0]["key"], learned[0]["n"])
+        lb = _load_cell(cache, best["key"], best["n"])
         row = {"model": model, "solver": solver, "nfe": nfe, "best_hand_made": best["schedule"],
                "rmse_ld3": learned[0]["rmse"]["mean"], "rmse_best": best["rmse"]["mean"],
                "rmse": paired_bootstrap(la["rmse"], lb["rmse"]),
@@ -244,7 +280,7 @@ def plot_quality(records, out) -> None:
         axes.flat[0].legend(fontsize=7)
         fig.suptitle(f"{model}: teacher-matching error vs NFE")
         fig.tight_layout()
-        fig.savefig(os.path.join(out, f"quality_{model}.png"), dpi=110)
+        atomic_write(os.path.join(out, f"quality_{model}.png"), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
         plt.close(fig)
 
 
@@ -267,7 +303,7 @@ def plot_grids(model, den, ref, kinds, learned_dir, out, count: int = 36) -> Non
         scheds.append(("ld3", Schedule.load(path)))
     for name, sched in scheds:
         panels.append((name, _sample(den, z[:count], sched, solver, order, variant)))
-    from .cli import grid_image
+    from .plots import grid_image
 
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6))
     for ax, (name, x) in zip(axes, panels):
@@ -276,36 +312,5 @@ def plot_grids(model, den, ref, kinds, learned_dir, out, count: int = 36) -> Non
         ax.axis("off")
     fig.suptitle(f"{model}: {solver_label(solver, order, variant)}, NFE {nfe}, same seeds", fontsize=9)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, f"grids_{model}.png"), dpi=110)
+    atomic_write(os.path.join(out, f"grids_{model}.png"), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="ldd-fast quality", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--full", action="store_true", help="NFE 3-10 with 1000 seeds (default: NFE 4 and 6, 300 seeds)")
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    ap.add_argument("--nfe", type=int, nargs="+", help="override the NFE list (multistep solvers)")
-    ap.add_argument("--heun-nfe", type=int, nargs="+", help="override the NFE list of Heun (odd)")
-    ap.add_argument("--solvers", nargs="+", help="subset, e.g. unipc3-bh2 ipndm4")
-    ap.add_argument("-n", type=int, help="number of held-out seeds (>= 300)")
-    ap.add_argument("--out", default="benchmarks/results/quality", help="output folder (resumes what is there)")
-    ap.add_argument("--learned", default="benchmarks/results/ld3", help="folder of learned schedules to include")
-    ap.add_argument("--boot", type=int, default=200, help="bootstrap resamples for the FD interval")
-    args = ap.parse_args(argv)
-    size = dict(FULL if args.full else QUICK)
-    nfes, heun = args.nfe or size["nfes"], args.heun_nfe or size["heun_nfes"]
-    n = args.n or size["n"]
-    if n < FD_SAMPLES:
-        raise ValueError(f"-n must be at least {FD_SAMPLES} (the FD sample count)")
-    solvers = SOLVERS
-    if args.solvers:
-        known = {solver_label(*s): s for s in SOLVERS}
-        unknown = [s for s in args.solvers if s not in known]
-        if unknown:
-            raise ValueError(f"unknown solver label(s) {unknown}; known: {sorted(known)}")
-        solvers = [known[s] for s in args.solvers]
-    run(models=args.models, n=n, nfes=nfes, heun_nfes=heun, out=args.out, learned_dir=args.learned,
-        solvers=solvers, n_boot=args.boot)
-    print(f"wrote {os.path.join(args.out, 'quality.md')} (+ .csv, cells, plots)")
-    return 0

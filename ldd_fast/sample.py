@@ -5,13 +5,10 @@ import torch
 import torch.utils.checkpoint
 
 from . import solvers
-from .denoiser import Denoiser, check_state
+from .denoiser import Denoiser, _all_finite, check_state
+from .errors import IncompatibleSchedule, NonFiniteSample, ScheduleError
 from .plan import Plan, combine
 from .schedule import Schedule
-
-
-class IncompatibleSchedule(ValueError):
-    """A schedule made for another model, solver, order or guidance scale (pass force=True to use it anyway)."""
 
 
 def plan_for(den: Denoiser, schedule: Schedule, *, solver: str | None = None, order: int | None = None,
@@ -64,16 +61,35 @@ def plan_for(den: Denoiser, schedule: Schedule, *, solver: str | None = None, or
     if mismatch and not force:
         raise IncompatibleSchedule("the schedule was made for " + "; ".join(mismatch)
                                    + ". Pass force=True to use it anyway.")
-    return solvers.make_plan(den.noise if force else schedule.noise, schedule.t, schedule.t_eval, solver=solver,
+    if force and schedule.noise != den.noise:
+        # force takes the model's noise schedule; the times must still lie in its range.
+        try:
+            schedule = schedule.replace(noise=den.noise)
+        except ScheduleError as e:
+            raise IncompatibleSchedule(f"even with force=True the schedule cannot run on this model's noise "
+                                       f"schedule {den.noise!r}: {e}") from None
+    return solvers.make_plan(schedule.noise, schedule.t, schedule.t_eval, solver=solver,
                              order=order, final=schedule.final, lower_order_final=lower_order_final,
                              variant=variant)
 
 
-def check_noise(z, cond=None) -> None:
+def check_noise(z, cond=None, den: Denoiser | None = None, *, values: bool = True) -> None:
+    """z is a batch of floating-point noise and cond fits the model (one entry per sample, labels in
+    range); values=False skips what would read the data of an accelerator tensor (a host sync)."""
     check_state(z)
-    if cond is not None and (not isinstance(cond, torch.Tensor) or cond.dim() == 0 or cond.shape[0] != z.shape[0]):
+    if den is not None:
+        den.check_cond(cond, z.shape[0], values=values)
+    elif cond is not None and (not isinstance(cond, torch.Tensor) or cond.dim() == 0 or cond.shape[0] != z.shape[0]):
         shape = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
         raise ValueError(f"cond must be a tensor with one entry per sample ({z.shape[0]}), got {shape}")
+
+
+def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
+    """x, or a NonFiniteSample error saying where NaN / inf appeared (reads x: a host sync on a GPU)."""
+    if not _all_finite(x):
+        bad = int((~torch.isfinite(x.detach())).flatten(1).any(1).sum())
+        raise NonFiniteSample(f"{what} holds NaN or inf in {bad} of {x.shape[0]} samples")
+    return x
 
 
 def call_tables(den: Denoiser, plan: Plan, guided: bool):
@@ -88,7 +104,7 @@ def run_plan(plan: Plan, den: Denoiser, z: torch.Tensor, cond=None, *, checkpoin
     activations (torch.utils.checkpoint), so backpropagation through nfe calls of a large
     model needs the memory of about one call.
     """
-    check_noise(z, cond)
+    check_noise(z, cond, den)
     x = z * den.noise.prior_scale
     t_net, affines = call_tables(den, plan, den.guided(cond))
     dtype, device = x.dtype, x.device
@@ -123,9 +139,12 @@ def sample(den: Denoiser, z: torch.Tensor, schedule: Schedule, *, solver: str | 
     z is multiplied by the noise schedule's prior scale (sigma_max for EDM, 1 for VP).
     The computation runs in z's dtype (plan coefficients are cast once) and supports autograd.
     options: lower_order_final, variant, final (must match the schedule's).
+    Raises NonFiniteSample when z or the sample holds NaN / inf, and ConditionError when cond does
+    not fit the model (lf.Sampler checks these only with check_finite=True: the checks read the data).
     """
     unknown = set(options) - {"lower_order_final", "variant", "final"}
     if unknown:
         raise TypeError(f"unknown sampler option(s) {sorted(unknown)}; known: final, lower_order_final, variant")
     plan = plan_for(den, schedule, solver=solver, order=order, force=force, **options)
-    return run_plan(plan, den, z, cond)
+    check_finite(check_state(z) or z, "the noise z")
+    return check_finite(run_plan(plan, den, z, cond), f"the sample ({plan.solver}{plan.order}, nfe {plan.nfe})")

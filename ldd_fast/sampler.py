@@ -42,9 +42,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .denoiser import Denoiser
+from .denoiser import Denoiser, halves
 from .plan import FoldedPlan, Plan, fold
-from .sample import check_noise, plan_for
+from .sample import check_finite, check_noise, plan_for
 from .schedule import Schedule
 
 BACKENDS = ("eager", "triton", "cuda_graph", "compile")
@@ -212,17 +212,24 @@ class Sampler:
             tables are cast once, here. The network must accept this dtype.
         device: where the tables live; default the device of the network's parameters (CPU
             for a parameterless network). Calling with z elsewhere is an error.
+        check_finite: also check, on every call, that z and the sample are finite (NonFiniteSample)
+            and that class labels held on an accelerator are in the model's range (ConditionError).
+            Off by default: these checks read the data, which on a GPU synchronises the host once
+            per check. Conditions held on the host are always checked (no device is involved).
     The first call fixes the sample shape (z.shape[1:]); the batch size may vary.
     """
 
     def __init__(self, den: Denoiser, schedule: Schedule, *, solver: str | None = None, order: int | None = None,
                  backend: str = "eager", dtype: torch.dtype | None = None, device=None, force: bool = False,
-                 **options):
+                 check_finite: bool = False, **options):
         unknown = set(options) - {"lower_order_final", "variant", "final"}
         if unknown:
             raise TypeError(f"unknown sampler option(s) {sorted(unknown)}; known: final, lower_order_final, variant")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
+        self.check_finite = check_finite
         dtype = torch.float32 if dtype is None else dtype
         if dtype not in DTYPES:
             raise TypeError(f"dtype must be one of {[str(d) for d in DTYPES]}, got {dtype}")
@@ -250,8 +257,7 @@ class Sampler:
         self.programs = {False: self._build(fold(self.plan, den, guided=False), False)}
         if den.guidance_scale != 1.0:
             self.programs[True] = self._build(fold(self.plan, den, guided=True), True)
-            null = torch.as_tensor(den.null_cond)
-            self._null = null.to(self.device)  # placed once: a per-call host-to-device copy would sync
+            self._null = den.null_cond.to(self.device)  # placed once: a per-call host-to-device copy would sync
             self._null_by_dtype = {}
         self.sample_shape: tuple[int, ...] | None = None
         self._graphs: dict = {}
@@ -291,7 +297,8 @@ class Sampler:
     # ----- calling ----------------------------------------------------------------------------
 
     def _check(self, z: torch.Tensor, cond) -> None:
-        check_noise(z, cond)
+        on_host = cond is None or not isinstance(cond, torch.Tensor) or cond.device.type == "cpu"
+        check_noise(z, cond, self.den, values=self.check_finite or on_host)
         if z.dtype != self.dtype:
             raise TypeError(f"z has dtype {z.dtype}, but this Sampler was built for {self.dtype} (its tables are "
                             f"cast once when it is built): pass z.to({self.dtype}) or build a Sampler with "
@@ -307,17 +314,24 @@ class Sampler:
 
     def __call__(self, z: torch.Tensor, cond=None) -> torch.Tensor:
         self._check(z, cond)
+        if self.check_finite:
+            check_finite(z, "the noise z")
         guided = self.den.guided(cond)
         tabs = self.programs[guided]
         with torch.no_grad():
             if self.backend == "cuda_graph":
-                return self._graph_call(z, cond, guided)
-            if self.backend == "compile":
+                x = self._graph_call(z, cond, guided)
+            elif self.backend == "compile":
                 if self._compiled is None:
                     self._compiled = _compiled_for(tabs["structure"])
-                return self._compiled(tabs["structure"], self.den, z.contiguous(), self._pair(cond, guided),
-                                      tabs["tables"], tabs["t_table"], self.dtype, self.acc_dtype)
-            return self._run(z.contiguous(), cond, guided)
+                x = self._compiled(tabs["structure"], self.den, z.contiguous(), self._pair(cond, guided),
+                                   tabs["tables"], tabs["t_table"], self.dtype, self.acc_dtype)
+            else:
+                x = self._run(z.contiguous(), cond, guided)
+        if self.check_finite:
+            check_finite(x, f"the sample ({self.plan.solver}{self.plan.order}, nfe {self.plan.nfe}, "
+                            f"backend {self.backend})")
+        return x
 
     def _pair(self, cond, guided: bool):
         """cond, or [cond, null] for the guided network's one batched call (made once per sampler call)."""
@@ -342,7 +356,7 @@ class Sampler:
         if not den._net_takes_cond:
             raise TypeError(f"cond was given but {type(den.net).__name__} takes no condition argument")
         # Denoiser.net_call's guided branch, with the [x, x] batch already written by the update.
-        return lambda x, i: _halves(den.net(x, t_net[i].expand(x.shape[0]), cond))
+        return lambda x, i: halves(den.net(x, t_net[i].expand(x.shape[0]), cond), x)
 
     def _apply(self, tabs: dict):
         dtype = self.dtype
@@ -459,7 +473,7 @@ def _run_compiled(structure: tuple, den: Denoiser, z: torch.Tensor, cond, tables
     def network(x, i):
         if not guided:
             return den.net_call(x, t_table[i], cond)
-        return _halves(den.net(x, t_table[i].expand(x.shape[0]), cond))
+        return halves(den.net(x, t_table[i].expand(x.shape[0]), cond), x)
 
     def apply(u, update, srcs):
         xs = [s.to(acc) for s in srcs]
@@ -495,12 +509,6 @@ def available_backends(device=None) -> dict[str, str | None]:
     compiler = any(shutil.which(c) for c in ("g++", "c++", "clang++"))
     out["compile"] = None if device.type == "cuda" or compiler else "torch.compile on the CPU needs a C++ compiler"
     return out
-
-
-def _halves(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cond / uncond halves of one guided call, as Denoiser.net_call splits them (views)."""
-    batch = out.shape[0] // 2
-    return out[:batch], out[batch:]
 
 
 def _empty_like(x: torch.Tensor, dtype: torch.dtype, doubled: bool) -> torch.Tensor:

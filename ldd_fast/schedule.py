@@ -1,46 +1,80 @@
 """The Schedule artifact (solver times t, network times t_eval, metadata) and hand-made discretisations."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
-from dataclasses import dataclass, field
+import re
 
 import torch
 
 from . import solvers
-from .io import atomic_write_text
+from .errors import LddFastError, ScheduleError, finite_number
+from .io import atomic_write_text, read_json
 from .noise import DTYPE, NoiseSchedule, from_description
 
 FORMAT_VERSION = 1
 KINDS = ("time_uniform", "time_quadratic", "logsnr", "edm")
 _RANGE_RTOL = 1e-9
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+FIELDS = ("t", "t_eval", "noise", "final", "solver", "order", "variant", "lower_order_final", "guidance_scale",
+          "fingerprint", "origin", "metrics", "info")
+_FILE_KEYS = {"format_version", "nfe", *FIELDS}
+
+__all__ = ["Schedule", "ScheduleError", "discretize", "KINDS", "FORMAT_VERSION"]
 
 
-class ScheduleError(ValueError):
-    """A schedule (or schedule file) is malformed; the message names the field."""
+def _as_times(name: str, v) -> tuple[float, ...]:
+    if isinstance(v, torch.Tensor):
+        if v.is_complex() or v.dtype == torch.bool:
+            raise ScheduleError(f"field {name!r}: expected real times, got a {v.dtype} tensor")
+        v = v.detach().to("cpu", DTYPE).reshape(-1).tolist() if v.dim() == 1 else v
+    if isinstance(v, torch.Tensor) or not isinstance(v, (list, tuple)):
+        shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+        raise ScheduleError(f"field {name!r}: expected a non-empty 1-D list of times, got {shape}")
+    if not v:
+        raise ScheduleError(f"field {name!r}: expected a non-empty 1-D list of times, got an empty list")
+    return tuple(finite_number(x, f"field {name!r}: {name}[{i}]", ScheduleError) for i, x in enumerate(v))
 
 
-def _as_times(name: str, v) -> torch.Tensor:
-    try:
-        t = torch.as_tensor(v, dtype=DTYPE).detach().clone().cpu()
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ScheduleError(f"field {name!r}: not a list of numbers ({e})") from None
-    if t.dim() != 1 or t.numel() == 0:
-        raise ScheduleError(f"field {name!r}: expected a non-empty 1-D list of times, got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise ScheduleError(f"field {name!r}: contains NaN or inf at index {int((~torch.isfinite(t)).nonzero()[0])}")
-    return t
+def _optional(name: str, v, types, what: str):
+    if v is None:
+        return None
+    if isinstance(v, bool) and bool not in types or not isinstance(v, types):
+        raise ScheduleError(f"field {name!r}: expected {what} or null, got {type(v).__name__} {v!r:.60}")
+    return v
 
 
-def _in_range(t: torch.Tensor, noise: NoiseSchedule) -> torch.Tensor:
-    lo, hi = noise.t_min * (1 - _RANGE_RTOL), noise.t_max * (1 + _RANGE_RTOL)
-    return (t >= lo) & (t <= hi)
+def _json_dict(name: str, v) -> dict:
+    if not isinstance(v, dict):
+        raise ScheduleError(f"field {name!r}: expected a JSON object (dict), got {type(v).__name__}")
+    _check_json(name, v)
+    return v
 
 
-@dataclass
+def _check_json(name: str, v, depth: int = 0) -> None:
+    """Metadata must survive a JSON round trip unchanged: str keys, JSON scalars, lists and dicts."""
+    if depth > 64:
+        raise ScheduleError(f"field {name!r}: nested too deeply")
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return
+    if isinstance(v, list):
+        for x in v:
+            _check_json(name, x, depth + 1)
+        return
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if not isinstance(k, str):
+                raise ScheduleError(f"field {name!r}: keys must be strings, got {type(k).__name__} {k!r:.40}")
+            _check_json(name, x, depth + 1)
+        return
+    raise ScheduleError(f"field {name!r}: holds a {type(v).__name__}, which JSON cannot store "
+                        f"(use numbers, strings, lists and dicts)")
+
+
 class Schedule:
-    """Where a sampler steps (t) and the times its network sees (t_eval).
+    """Where a sampler steps (t) and the times its network sees (t_eval); immutable once validated.
 
     t: strictly decreasing solver times from t_max to t_min (multistep: nfe + 1 of them;
        heun: (nfe + 1) / 2 + 1). With final="zero" the last entry is 0: the last step
@@ -48,113 +82,181 @@ class Schedule:
     t_eval: the nfe network times, in call order.
     solver / order / variant / lower_order_final: set when the schedule was made for one
        solver (learned schedules); None for hand-made ones, which fit any solver of their layout.
+    guidance_scale: the guidance the schedule was made with (None: any).
     fingerprint: the model's fingerprint for learned schedules (None: any model).
-    """
-    t: torch.Tensor
-    t_eval: torch.Tensor
-    noise: NoiseSchedule
-    final: str = "t_min"
-    solver: str | None = None
-    order: int | None = None
-    variant: str | None = None
-    lower_order_final: bool | None = None
-    guidance_scale: float | None = None
-    fingerprint: str | None = None
-    origin: str = ""
-    metrics: dict = field(default_factory=dict)
-    info: dict = field(default_factory=dict)
+    origin, metrics, info: free-form description; metrics and info are dicts that code may add
+       to (they never change a sample) but that must stay JSON-serialisable.
 
-    def __post_init__(self):
-        if not isinstance(self.noise, NoiseSchedule):
-            raise ScheduleError(f"field 'noise': expected a NoiseSchedule, got {type(self.noise).__name__}")
-        self.t = _as_times("t", self.t)
-        self.t_eval = _as_times("t_eval", self.t_eval)
-        t, te = self.t, self.t_eval
-        if self.final not in solvers.FINALS:
-            raise ScheduleError(f"field 'final': must be one of {solvers.FINALS}, got {self.final!r}")
-        if t.numel() < 2:
-            raise ScheduleError("field 't': needs at least 2 times")
-        if not (t[1:] < t[:-1]).all():
-            i = int((t[1:] >= t[:-1]).nonzero()[0])
-            raise ScheduleError(f"field 't': times must be strictly decreasing, but t[{i}]={t[i].item()} "
-                                f"<= t[{i + 1}]={t[i + 1].item()}")
-        body = t
-        if self.final == "zero":
-            if t[-1] != 0:
-                raise ScheduleError(f"field 't': with final='zero' the last time must be 0, got {t[-1].item()}")
-            body = t[:-1]
-        for name, v in (("t", body), ("t_eval", te)):
-            ok = _in_range(v, self.noise)
-            if not ok.all():
-                i = int((~ok).nonzero()[0])
-                raise ScheduleError(f"field {name!r}: {name}[{i}]={v[i].item()} is outside the noise schedule's "
-                                    f"range [{self.noise.t_min}, {self.noise.t_max}]")
-        if self.solver is not None:
-            spec = solvers.get_solver(self.solver)
-            if self.order is not None:
-                solvers.resolve_order(spec, self.order)
-            if self.variant is not None:
-                solvers.resolve_variant(spec, self.variant)
-            if not solvers.layout_matches(self.solver, t.numel(), te.numel()):
-                raise ScheduleError(f"fields 't'/'t_eval': {t.numel()} times and {te.numel()} eval times do not "
-                                    f"fit solver {self.solver!r}")
-        elif not (solvers.layout_matches("euler", t.numel(), te.numel())
-                  or solvers.layout_matches("heun", t.numel(), te.numel())):
-            raise ScheduleError(f"fields 't'/'t_eval': {t.numel()} times do not fit {te.numel()} network calls "
+    Every field that decides a sample (t, t_eval, noise, final, solver, order, variant,
+    lower_order_final, guidance_scale, fingerprint) is checked once, here, and cannot change
+    afterwards: `t` and `t_eval` return fresh float64 tensors, assigning a field raises, and
+    `schedule.replace(field=...)` builds a new, validated Schedule.
+    """
+
+    __slots__ = ("_t", "_t_eval", "_noise", "_final", "_solver", "_order", "_variant", "_lower_order_final",
+                 "_guidance_scale", "_fingerprint", "_origin", "_metrics", "_info")
+
+    def __init__(self, t, t_eval, noise: NoiseSchedule, final: str = "t_min", solver: str | None = None,
+                 order: int | None = None, variant: str | None = None, lower_order_final: bool | None = None,
+                 guidance_scale: float | None = None, fingerprint: str | None = None, origin: str = "",
+                 metrics: dict | None = None, info: dict | None = None):
+        if not isinstance(noise, NoiseSchedule):
+            raise ScheduleError(f"field 'noise': expected a NoiseSchedule, got {type(noise).__name__}")
+        t, te = _as_times("t", t), _as_times("t_eval", t_eval)
+        if not isinstance(final, str) or final not in solvers.FINALS:
+            raise ScheduleError(f"field 'final': must be one of {solvers.FINALS}, got {final!r:.60}")
+        solver = _optional("solver", solver, (str,), "a solver name")
+        order = _optional("order", order, (int,), "an integer")
+        variant = _optional("variant", variant, (str,), "a variant name")
+        lower_order_final = _optional("lower_order_final", lower_order_final, (bool,), "true / false")
+        if guidance_scale is not None:
+            guidance_scale = finite_number(guidance_scale, "field 'guidance_scale'", ScheduleError)
+        fingerprint = _optional("fingerprint", fingerprint, (str,), "a sha256 hex digest")
+        if fingerprint is not None and not _FINGERPRINT.fullmatch(fingerprint):
+            raise ScheduleError(f"field 'fingerprint': expected 64 lowercase hex digits, got {fingerprint!r:.80}")
+        if not isinstance(origin, str):
+            raise ScheduleError(f"field 'origin': expected a string, got {type(origin).__name__}")
+        metrics = _json_dict("metrics", {} if metrics is None else metrics)
+        info = _json_dict("info", {} if info is None else info)
+        _check_times(t, te, noise, final)
+        if solver is not None:
+            try:
+                spec = solvers.get_solver(solver)
+                if order is not None:
+                    solvers.resolve_order(spec, order)
+                if variant is not None:
+                    solvers.resolve_variant(spec, variant)
+            except ValueError as e:
+                raise ScheduleError(f"fields 'solver' / 'order' / 'variant': {e}") from None
+            if lower_order_final is not None and "lower_order_final" not in spec.options:
+                raise ScheduleError(f"field 'lower_order_final': solver {solver!r} has no such option")
+            if not solvers.layout_matches(solver, len(t), len(te)):
+                raise ScheduleError(f"fields 't'/'t_eval': {len(t)} times and {len(te)} eval times do not "
+                                    f"fit solver {solver!r}")
+        elif order is not None or variant is not None or lower_order_final is not None:
+            raise ScheduleError("fields 'order' / 'variant' / 'lower_order_final' need field 'solver': they "
+                                "describe the solver the schedule was made for")
+        elif not (solvers.layout_matches("euler", len(t), len(te))
+                  or solvers.layout_matches("heun", len(t), len(te))):
+            raise ScheduleError(f"fields 't'/'t_eval': {len(t)} times do not fit {len(te)} network calls "
                                 f"(multistep: nfe + 1 times; heun: (nfe + 1) / 2 + 1 times)")
+        for name, value in (("t", t), ("t_eval", te), ("noise", noise), ("final", final), ("solver", solver),
+                            ("order", order), ("variant", variant), ("lower_order_final", lower_order_final),
+                            ("guidance_scale", guidance_scale), ("fingerprint", fingerprint), ("origin", origin),
+                            ("metrics", metrics), ("info", info)):
+            object.__setattr__(self, "_" + name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"a Schedule cannot change after it is validated: use schedule.replace({name}=...), "
+                             f"which checks the result")
+
+    __delattr__ = __setattr__
+
+    # ----- fields ------------------------------------------------------------------------------
+
+    @property
+    def t(self) -> torch.Tensor:
+        """The solver times (a new float64 tensor on each access: editing it leaves the schedule as it is)."""
+        return torch.tensor(self._t, dtype=DTYPE)
+
+    @property
+    def t_eval(self) -> torch.Tensor:
+        """The network times, one per call (a new float64 tensor on each access)."""
+        return torch.tensor(self._t_eval, dtype=DTYPE)
+
+    noise = property(lambda self: self._noise)
+    final = property(lambda self: self._final)
+    solver = property(lambda self: self._solver)
+    order = property(lambda self: self._order)
+    variant = property(lambda self: self._variant)
+    lower_order_final = property(lambda self: self._lower_order_final)
+    guidance_scale = property(lambda self: self._guidance_scale)
+    fingerprint = property(lambda self: self._fingerprint)
+    origin = property(lambda self: self._origin)
+    metrics = property(lambda self: self._metrics, doc="Free-form results (JSON-serialisable); never change a sample.")
+    info = property(lambda self: self._info, doc="Free-form description (JSON-serialisable); never changes a sample.")
+
+    def fields(self) -> dict:
+        """Every field, as the constructor takes them (metrics and info deep-copied)."""
+        return {name: copy.deepcopy(getattr(self, name)) if name in ("metrics", "info") else getattr(self, name)
+                for name in FIELDS}
+
+    def replace(self, **changes) -> "Schedule":
+        """A new Schedule with some fields changed, validated like any other."""
+        unknown = set(changes) - set(FIELDS)
+        if unknown:
+            raise ScheduleError(f"unknown Schedule field(s) {sorted(unknown)}; fields: {', '.join(FIELDS)}")
+        return Schedule(**{**self.fields(), **changes})
+
+    def __eq__(self, other):
+        if not isinstance(other, Schedule):
+            return NotImplemented
+        return all(getattr(self, "_" + n) == getattr(other, "_" + n) for n in FIELDS)
+
+    __hash__ = None  # metrics and info may grow
+
+    def __reduce__(self):
+        return (_from_fields, (self.fields(),))
 
     @property
     def nfe(self) -> int:
-        return self.t_eval.numel()
+        return len(self._t_eval)
 
     @property
     def layout(self) -> str:
-        if self.solver is not None:
-            return solvers.get_solver(self.solver).layout
-        return "multistep" if self.t.numel() == self.nfe + 1 else "heun"
+        if self._solver is not None:
+            return solvers.get_solver(self._solver).layout
+        return "multistep" if len(self._t) == self.nfe + 1 else "heun"
 
     # ----- JSON -----------------------------------------------------------------------------
 
     def to_dict(self) -> dict:
+        _json_dict("metrics", self._metrics)  # code may have added to them since construction
+        _json_dict("info", self._info)
         return {
             "format_version": FORMAT_VERSION,
             "nfe": self.nfe,
-            "t": [float(v) for v in self.t],
-            "t_eval": [float(v) for v in self.t_eval],
-            "noise": self.noise.describe(),
-            "final": self.final,
-            "solver": self.solver,
-            "order": self.order,
-            "variant": self.variant,
-            "lower_order_final": self.lower_order_final,
-            "guidance_scale": self.guidance_scale,
-            "fingerprint": self.fingerprint,
-            "origin": self.origin,
-            "metrics": self.metrics,
-            "info": self.info,
+            "t": list(self._t),
+            "t_eval": list(self._t_eval),
+            "noise": self._noise.describe(),
+            "final": self._final,
+            "solver": self._solver,
+            "order": self._order,
+            "variant": self._variant,
+            "lower_order_final": self._lower_order_final,
+            "guidance_scale": self._guidance_scale,
+            "fingerprint": self._fingerprint,
+            "origin": self._origin,
+            "metrics": copy.deepcopy(self._metrics),
+            "info": copy.deepcopy(self._info),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Schedule":
+        """A Schedule from its JSON form; any defect is a ScheduleError naming the field."""
         if not isinstance(d, dict):
             raise ScheduleError(f"a schedule is a JSON object, got {type(d).__name__}")
         version = d.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ScheduleError(f"field 'format_version': this ldd-fast reads version {FORMAT_VERSION}, got {version!r}")
+        if isinstance(version, bool) or version != FORMAT_VERSION:
+            raise ScheduleError(f"field 'format_version': this ldd-fast reads version {FORMAT_VERSION}, "
+                                f"got {version!r:.40}")
+        unknown = sorted(str(k) for k in d if k not in _FILE_KEYS)
+        if unknown:
+            raise ScheduleError(f"unknown field(s) {', '.join(repr(k) for k in unknown)[:200]}")
         for key in ("t", "t_eval", "noise"):
             if key not in d:
                 raise ScheduleError(f"field {key!r}: missing")
         try:
             noise = from_description(d["noise"])
-        except (ValueError, TypeError, KeyError) as e:
+        except LddFastError as e:
             raise ScheduleError(f"field 'noise': {e}") from None
         sched = cls(t=d["t"], t_eval=d["t_eval"], noise=noise, final=d.get("final", "t_min"),
                     solver=d.get("solver"), order=d.get("order"), variant=d.get("variant"),
                     lower_order_final=d.get("lower_order_final"), guidance_scale=d.get("guidance_scale"),
                     fingerprint=d.get("fingerprint"), origin=d.get("origin", ""),
-                    metrics=dict(d.get("metrics") or {}), info=dict(d.get("info") or {}))
-        if "nfe" in d and d["nfe"] != sched.nfe:
-            raise ScheduleError(f"field 'nfe': says {d['nfe']} but t_eval has {sched.nfe} entries")
+                    metrics=copy.deepcopy(d.get("metrics", {})), info=copy.deepcopy(d.get("info", {})))
+        if "nfe" in d and (isinstance(d["nfe"], bool) or d["nfe"] != sched.nfe):
+            raise ScheduleError(f"field 'nfe': says {d['nfe']!r:.40} but t_eval has {sched.nfe} entries")
         return sched
 
     def save(self, path) -> None:
@@ -164,22 +266,40 @@ class Schedule:
     @classmethod
     def load(cls, path) -> "Schedule":
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"schedule file not found: {path}")
-        try:
-            with open(path) as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ScheduleError(f"schedule file {path}: not valid JSON ({e})") from None
+        d = read_json(path, "schedule file", ScheduleError)
         try:
             return cls.from_dict(d)
         except ScheduleError as e:
             raise ScheduleError(f"schedule file {path}: {e}") from None
 
     def __repr__(self):
-        made = f", solver={self.solver}" if self.solver else ""
-        return (f"Schedule(nfe={self.nfe}, {self.layout}, final={self.final}{made}, origin={self.origin!r}, "
-                f"t=[{', '.join(f'{float(v):.4g}' for v in self.t)}])")
+        made = f", solver={self._solver}" if self._solver else ""
+        return (f"Schedule(nfe={self.nfe}, {self.layout}, final={self._final}{made}, origin={self._origin!r}, "
+                f"t=[{', '.join(f'{v:.4g}' for v in self._t)}])")
+
+
+def _from_fields(fields: dict) -> Schedule:
+    return Schedule(**fields)
+
+
+def _check_times(t: tuple, te: tuple, noise: NoiseSchedule, final: str) -> None:
+    if len(t) < 2:
+        raise ScheduleError("field 't': needs at least 2 times")
+    for i in range(len(t) - 1):
+        if not t[i + 1] < t[i]:
+            raise ScheduleError(f"field 't': times must be strictly decreasing, but t[{i}]={t[i]} <= "
+                                f"t[{i + 1}]={t[i + 1]}")
+    body = t
+    if final == "zero":
+        if t[-1] != 0:
+            raise ScheduleError(f"field 't': with final='zero' the last time must be 0, got {t[-1]}")
+        body = t[:-1]
+    lo, hi = noise.t_min * (1 - _RANGE_RTOL), noise.t_max * (1 + _RANGE_RTOL)
+    for name, v in (("t", body), ("t_eval", te)):
+        for i, x in enumerate(v):
+            if not lo <= x <= hi:
+                raise ScheduleError(f"field {name!r}: {name}[{i}]={x} is outside the noise schedule's "
+                                    f"range [{noise.t_min}, {noise.t_max}]")
 
 
 def discretize(noise: NoiseSchedule, nfe: int, kind: str = "logsnr", *, solver: str | None = None,

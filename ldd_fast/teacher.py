@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .denoiser import Denoiser
-from .io import atomic_torch_save
+from .io import Fields, load_state, save_state
 from .progress import progress
 from .sample import plan_for, run_plan
 from .schedule import discretize
+
+KIND = "teacher pairs"
 
 
 @dataclass(frozen=True)
@@ -45,14 +47,29 @@ class TeacherData:
         return TeacherData(self.z[idx], self.y[idx], None if self.cond is None else self.cond[idx], self.info)
 
     def save(self, path) -> None:
-        atomic_torch_save({"z": self.z, "y": self.y, "cond": self.cond, "info": self.info}, path)
+        save_state(path, KIND, {"z": self.z, "y": self.y, "cond": self.cond, "info": self.info})
 
     @classmethod
     def load(cls, path) -> "TeacherData":
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"teacher file not found: {path}")
-        d = torch.load(path, map_location="cpu", weights_only=False)
-        return cls(d["z"], d["y"], d["cond"], d["info"])
+        """Read a teacher file, checking every field (a StateFileError names the file and the field)."""
+        path = os.fspath(path)
+        f = Fields(load_state(path, KIND), f"{KIND} file {path}")
+        z = f.tensor("z", floating=True, finite=True)
+        if z.dim() < 2 or z.shape[0] < 1:
+            raise f.error("z", f"expected [n, *sample_shape] with n >= 1, got shape {tuple(z.shape)}")
+        y = f.tensor("y", shape=z.shape, floating=True, finite=True)
+        cond = f.tensor("cond", finite=True, optional=True)
+        if cond is not None and (cond.dim() == 0 or cond.shape[0] != z.shape[0]):
+            raise f.error("cond", f"expected one condition per pair ({z.shape[0]}), got shape {tuple(cond.shape)}")
+        info = f.sub("info")
+        n = info.int("n", 1)
+        shape = info.get("shape", list)
+        if n != z.shape[0] or shape != list(z.shape[1:]):
+            raise f.error("info", f"says n={n}, shape={shape}, but z has shape {tuple(z.shape)}")
+        info.get("teacher", dict)
+        info.int("seed", -2**63, 2**63 - 1)
+        info.get("fingerprint", str)
+        return cls(z.float(), y.float(), cond, dict(info.tree))
 
 
 def noise_for(n: int, shape, seed: int) -> torch.Tensor:
@@ -106,7 +123,11 @@ def make_teacher(den: Denoiser, shape, n: int, *, spec: TeacherSpec | None = Non
             y[idx] = part
     else:
         y = y_mine
-    info = {"teacher": spec.describe(), "seed": int(seed), "n": n, "shape": list(shape),
+    return TeacherData(z, y, None if cond is None else cond.cpu(), teacher_info(den, spec, shape, n, seed))
+
+
+def teacher_info(den: Denoiser, spec: TeacherSpec, shape, n: int, seed: int) -> dict:
+    """What identifies a set of teacher pairs (stored with them, compared before they are reused)."""
+    return {"teacher": spec.describe(), "seed": int(seed), "n": int(n), "shape": [int(s) for s in shape],
             "fingerprint": den.fingerprint(), "guidance_scale": den.guidance_scale,
             "null_cond": None if den.null_cond is None else torch.as_tensor(den.null_cond).tolist()}
-    return TeacherData(z, y, None if cond is None else cond.cpu(), info)

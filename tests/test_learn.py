@@ -11,7 +11,8 @@ import torch
 
 import ldd_fast as lf
 from ldd_fast.analytic import GaussianData, GaussianMixture
-from ldd_fast.learn import CHECKPOINT, LD3Config, LD3Trainer, TimeParams, learn, project_ball
+from ldd_fast.io import load_state
+from ldd_fast.learn import CHECKPOINT, CHECKPOINT_KIND, TEACHER_FILE, LD3Config, LD3Trainer, TimeParams, learn, project_ball
 from ldd_fast.solvers import default_t_eval
 from ldd_fast.teacher import TeacherSpec, make_teacher
 
@@ -53,8 +54,9 @@ def test_parameterisation(noise, mode, solver, nfe):
 def test_init_from_any_schedule_is_exact(mode):
     noise = lf.VPLinear()
     s = lf.discretize(noise, 6, "edm")
-    s.t_eval = s.t_eval.clone()
-    s.t_eval[1:] *= 1.01  # learned-like network times, inside the window
+    t_eval = s.t_eval
+    t_eval[1:] *= 1.01  # learned-like network times, inside the window
+    s = s.replace(t_eval=t_eval)
     p = TimeParams(noise, "dpmpp", 6, mode, init=s)
     t, t_eval = p()
     assert torch.allclose(t, s.t, rtol=1e-12) and torch.allclose(t_eval, s.t_eval, rtol=1e-12)
@@ -156,7 +158,7 @@ def test_learned_schedule_round_trips_and_guards_its_model(tmp_path):
     with pytest.raises(lf.IncompatibleSchedule, match="another model"):
         lf.sample(mixture_model(seed=99), z, back)
     assert (tmp_path / "learning_curve.png").exists() and (tmp_path / "time_steps.png").exists()
-    assert (tmp_path / "teacher.pt").exists()
+    assert (tmp_path / TEACHER_FILE).exists()
     with pytest.raises(FileExistsError, match="resume"):
         learn(den, solver="dpmpp", order=3, nfe=3, shape=(2, 4, 4), n_train=6, n_valid=4, config=QUICK,
               out=str(tmp_path), show_progress=False)
@@ -199,7 +201,7 @@ def _run_learning(out, kill_after_round=None):
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(ckpt):
             try:
-                if torch.load(ckpt, weights_only=False)["round"] >= kill_after_round:
+                if load_state(ckpt, CHECKPOINT_KIND)["round"] >= kill_after_round:
                     break
             except Exception:  # noqa: BLE001 - caught mid-replace; look again
                 pass
@@ -214,7 +216,7 @@ def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     _run_learning(whole)
     _run_learning(broken, kill_after_round=2)
-    state = torch.load(broken / CHECKPOINT, weights_only=False)
+    state = load_state(broken / CHECKPOINT, CHECKPOINT_KIND)
     assert 2 <= state["round"] < 6, "killed mid-run, after round 2"
     _run_learning(broken)  # --resume
     a, b = lf.Schedule.load(whole / "schedule.json"), lf.Schedule.load(broken / "schedule.json")

@@ -1,5 +1,4 @@
 """lf.Sampler: every backend computes what lf.sample computes, with no planning and no host syncs per call."""
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -307,7 +306,7 @@ def test_build_errors_name_the_problem(monkeypatch):
         lf.Sampler(den, sched, solver="euler", steps=3)
     with pytest.raises(ValueError, match="heun layout"):
         lf.Sampler(den, lf.discretize(den.noise, 5, "logsnr", solver="heun"), solver="unipc")
-    foreign = dataclasses.replace(sched, solver="unipc", fingerprint="ab" * 32)
+    foreign = sched.replace(solver="unipc", fingerprint="ab" * 32)
     with pytest.raises(lf.IncompatibleSchedule, match="another model"):
         lf.Sampler(den, foreign)
     lf.Sampler(den, foreign, force=True)(torch.randn(1, 6))

@@ -177,8 +177,7 @@ def test_schedule_for_another_model_or_solver_is_an_error_unless_forced():
     den, z, _ = gaussian_problem(noise, batch=2, dim=3)
     other, _, _ = gaussian_problem(noise, batch=2, dim=3, seed=5)
     s = lf.discretize(noise, 4, "edm")
-    learned = lf.Schedule(**{**s.__dict__, "solver": "unipc", "order": 3, "variant": "bh2",
-                             "fingerprint": den.fingerprint()})
+    learned = s.replace(solver="unipc", order=3, variant="bh2", fingerprint=den.fingerprint())
     lf.sample(den, z, learned)  # the schedule's own solver, order and variant
     with pytest.raises(lf.IncompatibleSchedule, match="another model"):
         lf.sample(other, z, learned)

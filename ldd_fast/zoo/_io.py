@@ -9,9 +9,9 @@ import hashlib
 import json
 import os
 
-from ..io import atomic_torch_save, atomic_write
+from ..io import atomic_write, save_state
 
-__all__ = ["atomic_write", "save_json", "save_safetensors", "save_torch", "sha256_file"]
+__all__ = ["atomic_write", "save_json", "save_safetensors", "save_checkpoint", "sha256_file"]
 
 
 def save_json(obj, path: str) -> None:
@@ -30,10 +30,10 @@ def save_safetensors(tensors: dict, path: str, metadata: dict | None = None) -> 
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def save_torch(obj, path: str) -> None:
-    # The ".ckpt.tmp" suffix is git-ignored, so a crash never leaves a stray file to commit.
+def save_checkpoint(obj, path: str, kind: str) -> None:
+    """A training checkpoint as an ldd-fast state file (no pickle: loading it cannot run code)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_torch_save(obj, path)
+    save_state(path, kind, obj)
 
 
 def sha256_file(path: str) -> str:

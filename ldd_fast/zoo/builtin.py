@@ -17,17 +17,18 @@ def load(name: str = "digits", *, guidance_scale: float = 1.0, device="cpu") -> 
 
     The Denoiser carries `sample_shape` (1, 8, 8), `name` and `info` (the training record and
     reference denoising losses). Conditions are class labels 0..9 (a LongTensor per sample);
-    the null class 10 is the unconditional model, used for guidance.
+    the null class 10 is the unconditional model, used for guidance; any other label is a
+    ConditionError in every executor (num_classes = 11).
     """
     net, info = load_network(name, device=device)
     noise_info = info["noise"]
+    common = dict(guidance_scale=guidance_scale, null_cond=torch.tensor(NULL_CLASS), num_classes=net.num_classes,
+                  sample_shape=SAMPLE_SHAPE)
     if info["variant"] == "edm":
         noise = EDM(noise_info["sigma_min"], noise_info["sigma_max"])
-        den = Denoiser(net, noise, prediction="edm", sigma_data=noise_info["sigma_data"],
-                       guidance_scale=guidance_scale, null_cond=torch.tensor(NULL_CLASS))
+        den = Denoiser(net, noise, prediction="edm", sigma_data=noise_info["sigma_data"], **common)
     else:
         noise = VPDiscrete.linear(noise_info["beta_start"], noise_info["beta_end"], noise_info["num_train_timesteps"])
-        den = Denoiser(net, noise, prediction="eps", time_input="index", guidance_scale=guidance_scale,
-                       null_cond=torch.tensor(NULL_CLASS))
-    den.name, den.info, den.sample_shape = name, info, SAMPLE_SHAPE
+        den = Denoiser(net, noise, prediction="eps", time_input="index", **common)
+    den.name, den.info = name, info
     return den.eval()

@@ -44,7 +44,9 @@ import time
 import torch
 
 from . import precond
-from ._io import save_json, save_safetensors, save_torch, sha256_file
+from ..errors import StateFileError
+from ..io import Fields, load_state
+from ._io import save_checkpoint, save_json, save_safetensors, sha256_file
 from .data import SPLIT_DESCRIPTION, load_digits_split
 from .unet import TinyUNet
 
@@ -57,6 +59,8 @@ VARIANTS = ("edm", "vp")
 #: load_network() name -> file stem in ldd_fast/zoo/weights
 WEIGHT_NAMES = {"edm": "digits_edm", "vp": "digits_vp"}
 NULL_CLASS = 10
+CHECKPOINT_FORMAT = "ldd_fast.zoo.train checkpoint v1"
+CHECKPOINT_KIND = "zoo training checkpoint"
 
 EDM_NOISE = {"sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": precond.SIGMA_DATA,
              "P_mean": precond.P_MEAN, "P_std": precond.P_STD}
@@ -217,33 +221,39 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "format": "ldd_fast.zoo.train checkpoint v1", "variant": self.variant,
+            "format": CHECKPOINT_FORMAT, "variant": self.variant,
             "net_config": self.net_config, "hparams": self.hparams, "step": self.step, "elapsed": self.elapsed,
             "net": self.net.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
             "noise_gen": self.noise_gen.get_state(), "torch_rng": torch.get_rng_state(),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, dict) or state.get("format") != "ldd_fast.zoo.train checkpoint v1":
-            raise ValueError("not an ldd_fast.zoo.train checkpoint")
+    def load_state_dict(self, state: dict, where: str = "checkpoint") -> None:
+        f = Fields(state, where)
+        if f.get("format", str) != CHECKPOINT_FORMAT:
+            raise StateFileError(f"{where}: not an ldd_fast.zoo.train checkpoint")
         for key, mine in (("variant", self.variant), ("net_config", self.net_config), ("hparams", self.hparams)):
-            if state[key] != mine:
-                raise ValueError(f"checkpoint {key} {state[key]!r} does not match this run's {mine!r}; "
-                                 f"resume with the same settings (only --steps may change)")
-        self.net.load_state_dict(state["net"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["opt"])
-        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
-        self.noise_gen.set_state(state["noise_gen"])
-        torch.set_rng_state(state["torch_rng"])
+            if state.get(key) != mine:
+                raise StateFileError(f"{where}: checkpoint {key} {state.get(key)!r} does not match this run's "
+                                     f"{mine!r}; resume with the same settings (only --steps may change)")
+        step, elapsed = f.int("step"), f.number("elapsed")
+        noise_state = f.tensor("noise_gen", floating=False)
+        torch_state = f.tensor("torch_rng", floating=False)
+        try:
+            self.net.load_state_dict(f.get("net", dict))
+            self.ema.load_state_dict(f.get("ema", dict))
+            self.opt.load_state_dict(f.get("opt", dict))
+            self.noise_gen.set_state(noise_state)
+            torch.set_rng_state(torch_state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise StateFileError(f"{where}: does not fit this network ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        self.step, self.elapsed = step, elapsed
 
     def save_checkpoint(self, path: str) -> None:
-        save_torch(self.state_dict(), path)
+        save_checkpoint(self.state_dict(), path, CHECKPOINT_KIND)
 
     def load_checkpoint(self, path: str) -> None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no checkpoint to resume from at {path}")
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        self.load_state_dict(load_state(path, CHECKPOINT_KIND), where=f"{CHECKPOINT_KIND} file {path}")
 
 
 @torch.no_grad()
