@@ -14,7 +14,7 @@ EXTRAS = {
     "lpips": ["lpips>=0.1.4"],
 }
 EXTRAS["test"] = sorted(
-    {"pytest>=7", "scipy>=1.10"} | set(EXTRAS["demo"]) | set(EXTRAS["diffusers"])
+    {"pytest>=7", "scipy>=1.10", "hypothesis>=6.100"} | set(EXTRAS["demo"]) | set(EXTRAS["diffusers"])
     | set(EXTRAS["export"]) | set(EXTRAS["triton"])
 )
 

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 import ldd_fast as lf  # noqa: E402
-from ldd_fast.cli import save_grid  # noqa: E402
+from ldd_fast.plots import save_grid  # noqa: E402
 from ldd_fast.metrics import FD_SAMPLES, DigitsMetrics  # noqa: E402
 from ldd_fast.teacher import noise_for  # noqa: E402
 from ldd_fast.zoo.builtin import load  # noqa: E402

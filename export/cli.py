@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "local diffusers folder")
     p.add_argument("--schedule", required=True, help="schedule JSON (lf.Schedule.save / ldd-fast learn)")
     p.add_argument("--solver", default=None, help="solver (default: the schedule's)")
-    p.add_argument("--order", type=POSITIVE, default=None, help="solver order (default: the schedule's or the solver's)")
+    p.add_argument("--order", type=POSITIVE, default=None,
+                   help="solver order (default: the schedule's or the solver's)")
     p.add_argument("--variant", default=None, help="solver variant (unipc: bh1 | bh2; dpmpp: taylor)")
     p.add_argument("--onnx", required=True, help="output graph file; its .data file is written beside it")
     p.add_argument("--tensorrt", default=None, help="also build a TensorRT engine at this path (needs tensorrt + GPU)")
@@ -53,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("compose", "trace"), default="compose", help=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", help="use a schedule made for another model / solver")
     p.add_argument("--min-batch", type=POSITIVE, default=None, help="TensorRT profile: smallest batch (default 1)")
-    p.add_argument("--opt-batch", type=POSITIVE, default=None, help="TensorRT profile: batch to tune for (default: max)")
+    p.add_argument("--opt-batch", type=POSITIVE, default=None,
+                   help="TensorRT profile: batch to tune for (default: max)")
     p.add_argument("--max-batch", type=POSITIVE, default=None, help="TensorRT profile: largest batch (default 64)")
     p.add_argument("--strongly-typed", action="store_true", help="TensorRT 10.x: build a strongly typed network")
     p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file (read and updated)")

@@ -198,20 +198,21 @@ class TensorRTSampler:
         if not os.path.isfile(engine_path):
             raise FileNotFoundError(f"TensorRT engine not found: {engine_path}")
         self.check_finite = bool(check_finite)
+        # The file first (before TensorRT or a GPU is involved): nothing unchecked reaches the deserialiser.
+        self.metadata = {}
+        sidecar = engine_path + ".json"
+        if os.path.isfile(sidecar):
+            self.metadata = read_json(sidecar, "TensorRT engine description", TensorRTError)
+            if not isinstance(self.metadata, dict) or not isinstance(self.metadata.get("tensorrt_build", {}), dict):
+                raise TensorRTError(f"{sidecar}: not a TensorRT engine description written by build_tensorrt")
+        with open(engine_path, "rb") as f:
+            blob = f.read()
+        _verify_engine(engine_path, blob, self.metadata.get("tensorrt_build", {}), full=verify)
         trt = _tensorrt()
         if not torch.cuda.is_available():
             raise TensorRTError("TensorRTSampler needs a CUDA GPU visible to torch (torch.cuda.is_available() is "
                                 "False)")
         self.device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
-        self.metadata = {}
-        sidecar = engine_path + ".json"
-        if os.path.isfile(sidecar):
-            self.metadata = read_json(sidecar, "TensorRT engine description", TensorRTError)
-            if not isinstance(self.metadata, dict):
-                raise TensorRTError(f"{sidecar}: expected a JSON object")
-        with open(engine_path, "rb") as f:
-            blob = f.read()
-        _verify_engine(engine_path, blob, self.metadata.get("tensorrt_build", {}), full=verify)
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)

@@ -22,6 +22,7 @@ import sys
 import torch
 
 from .errors import LddFastError
+from .io import check_output_path
 from .solvers import SOLVERS
 
 KIND_CHOICES = ("time_uniform", "time_quadratic", "logsnr", "edm")
@@ -100,7 +101,8 @@ def build_parser() -> Parser:
     s.add_argument("--schedule", default="logsnr", help=f"{' | '.join(KIND_CHOICES)} | path/to/schedule.json")
     s.add_argument("-n", type=POSITIVE, default=64, help="number of samples")
     s.add_argument("--seed", type=SEED, default=0)
-    s.add_argument("--label", type=_int_in(-SEED_MAX, SEED_MAX), help="class label for class-conditional models (digits: 0..9)")
+    s.add_argument("--label", type=_int_in(-SEED_MAX, SEED_MAX),
+                   help="class label for class-conditional models (digits: 0..9)")
     s.add_argument("--force", action="store_true", help="use a schedule made for another model or solver")
     s.add_argument("--out", default="samples.png", help="output .png grid or .pt tensor")
     s.set_defaults(func=cmd_sample, validate=_validate_sample)
@@ -269,13 +271,18 @@ def _load_diffusers_dir(path: str, guidance: float):
     if guidance != 1.0:
         raise CLIError("--guidance with a diffusers folder needs a null condition: use the Python API "
                        "(lf.from_diffusers(unet, scheduler, guidance_scale=..., null_cond=...))")
+    logs = diffusers.utils.logging
+    verbosity = logs.get_verbosity()
+    logs.set_verbosity(logs.CRITICAL)  # its warnings would break the one-line error; we report failures
     try:
         # safetensors only: a pickled .bin checkpoint could run code while loading.
-        unet = getattr(diffusers, cls_name).from_pretrained(unet_dir, local_files_only=True,
-                                                            use_safetensors=True).eval()
+        unet = getattr(diffusers, cls_name).from_pretrained(unet_dir, local_files_only=True, use_safetensors=True,
+                                                            low_cpu_mem_usage=False).eval()
     except Exception as e:  # noqa: BLE001 - diffusers and safetensors raise many types
         raise CLIError(f"--model {path}: cannot load the {cls_name} weights in {unet_dir} ({type(e).__name__}: "
                        f"{_first_line(e)}); ldd-fast reads safetensors weights only") from None
+    finally:
+        logs.set_verbosity(verbosity)
     return from_diffusers(unet, scheduler)
 
 
@@ -317,12 +324,6 @@ def _labels(den, label: int | None, n: int):
     return cond
 
 
-def _output(path: str, what: str) -> str:
-    from .io import check_output_path
-
-    return check_output_path(path, what)
-
-
 # ----- commands ---------------------------------------------------------------------------
 
 def cmd_sample(args) -> int:
@@ -330,7 +331,7 @@ def cmd_sample(args) -> int:
     from .sample import sample
     from .teacher import noise_for
 
-    out = _output(args.out, "--out")
+    out = check_output_path(args.out, "--out")
     den = load_model(args.model, guidance=args.guidance)
     sched = load_schedule(args.schedule, den, args.nfe, args.solver or "unipc")
     solver = args.solver or sched.solver or "unipc"
@@ -350,16 +351,19 @@ def cmd_sample(args) -> int:
 
 
 def cmd_learn(args) -> int:
-    from .learn import learn
+    from .learn import CHECKPOINT, learn
     from .schedule import Schedule
     from .teacher import TeacherSpec
 
-    out = _output(args.out, "--out")
+    out = check_output_path(args.out, "--out")
     work = args.work_dir or os.path.splitext(args.out)[0] + "_ld3"
     if os.path.exists(work) and not os.path.isdir(work):
         raise CLIError(f"--work-dir {work}: exists and is not a folder")
     init = None if args.init == "uniform" else "best" if args.init == "best" else Schedule.load(args.init)
     den = load_model(args.model, guidance=args.guidance)
+    if args.resume and not any(os.path.isfile(os.path.join(work, sub, CHECKPOINT))
+                               for sub in ("", "lambda", "time")):
+        print(f"--resume: no checkpoint in {work} yet; starting a new run", flush=True)
     teacher = TeacherSpec(solver=args.teacher_solver, order=args.teacher_order, nfe=args.teacher_nfe, kind="edm")
     cond = None
     if args.guidance != 1.0:

@@ -304,7 +304,7 @@ def from_description(d: dict) -> NoiseSchedule:
     Every key is checked: an unknown or missing parameter, a wrong type or a value out of range
     is a NoiseScheduleError; a VPDiscrete description must match its own sha256.
     """
-    if not isinstance(d, dict) or d.get("type") not in _TYPES:
+    if not isinstance(d, dict) or not isinstance(d.get("type"), str) or d["type"] not in _TYPES:
         kind = d.get("type") if isinstance(d, dict) else type(d).__name__
         raise NoiseScheduleError(f"unknown noise schedule description: type={kind!r:.60}; expected one of "
                                  f"{sorted(_TYPES)}")

@@ -12,7 +12,8 @@ import torch
 import ldd_fast as lf
 from ldd_fast.analytic import GaussianData, GaussianMixture
 from ldd_fast.io import load_state
-from ldd_fast.learn import CHECKPOINT, CHECKPOINT_KIND, TEACHER_FILE, LD3Config, LD3Trainer, TimeParams, learn, project_ball
+from ldd_fast.learn import (CHECKPOINT, CHECKPOINT_KIND, TEACHER_FILE, LD3Config, LD3Trainer, TimeParams, learn,
+                            project_ball)
 from ldd_fast.solvers import default_t_eval
 from ldd_fast.teacher import TeacherSpec, make_teacher
 

@@ -49,8 +49,9 @@ def _tiny_unet(channels=8, guidance_scale=2.0, device="cpu"):
     net = TinyUNet(**default_network_config("edm", model_channels=channels)).eval()
     torch.nn.init.normal_(net.conv_out.weight, std=0.2)
     net = net.to(device)
+    # num_classes: the label range check of a host-side cond runs inside the no-sync test too.
     return lf.Denoiser(net, lf.EDM(), prediction="edm", guidance_scale=guidance_scale,
-                       null_cond=torch.tensor(net.null_class))
+                       null_cond=torch.tensor(net.null_class), num_classes=net.num_classes)
 
 
 class _CountingKernel:

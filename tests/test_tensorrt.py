@@ -5,6 +5,7 @@ against a recording stand-in of the `tensorrt` module that implements the docume
 10.x and 11.x (11.x has no BuilderFlag.FP16: using it raises, as the real module does); the
 real-engine tests skip with the reason.
 """
+import hashlib
 import json
 import os
 import sys
@@ -256,6 +257,23 @@ def test_cli_builds_the_engine(monkeypatch, tmp_path, capsys):
     assert "network float16" in out.out and "TensorRT engine, batch 1..16" in out.out
     assert ("set_shape", "z", (1, 1, 8, 8), (16, 1, 8, 8), (16, 1, 8, 8)) in calls
     assert ("set_memory_pool_limit", "WORKSPACE", 64 << 20) in calls
+
+
+def test_the_engine_file_is_verified_before_tensorrt_reads_it(monkeypatch, graphs, tmp_path):
+    _install(monkeypatch, "10.8.0")
+    engine = tmp_path / "e.plan"
+    build_tensorrt(graphs["fp32"], engine, min_batch=1, opt_batch=1, max_batch=2)
+    build = json.loads((tmp_path / "e.plan.json").read_text())["tensorrt_build"]
+    assert build["engine_bytes"] == 6 and build["engine_sha256"] == hashlib.sha256(b"ENGINE").hexdigest()
+    engine.write_bytes(b"ENGINF")  # same size, other content
+    with pytest.raises(TensorRTError, match="sha256 differs"):
+        TensorRTSampler(engine)
+    engine.write_bytes(b"ENGINE+")
+    with pytest.raises(TensorRTError, match="truncated or replaced"):
+        TensorRTSampler(engine)
+    (tmp_path / "e.plan.json").write_text("[1, 2]")
+    with pytest.raises(TensorRTError, match="not a TensorRT engine description"):
+        TensorRTSampler(engine)
 
 
 def test_sampler_needs_cuda(monkeypatch, tmp_path):
