@@ -371,7 +371,10 @@ def test_onnx_sampler_errors(tmp_path):
 
 
 def test_cli_export(tmp_path, capsys):
-    from ldd_fast.export.cli import main
+    from ldd_fast.cli import main as cli_main
+
+    def main(argv):
+        return cli_main(["export", *argv])
 
     den = small_den()
     sched_path = tmp_path / "sched.json"

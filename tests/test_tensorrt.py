@@ -6,6 +6,7 @@ against a recording stand-in of the `tensorrt` module that implements the docume
 real-engine tests skip with the reason.
 """
 import hashlib
+import importlib.machinery
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ pytest.importorskip("onnxscript")
 import onnx  # noqa: E402
 
 from ldd_fast.export import MissingDependency, TensorRTError, TensorRTSampler, build_tensorrt, to_onnx  # noqa: E402
-from ldd_fast.export.cli import main as export_main  # noqa: E402
+from ldd_fast.cli import main as cli_main  # noqa: E402
 from ldd_fast.export.tensorrt_engine import precision_settings  # noqa: E402
 
 from test_export import BATCHES, check_parity, small_den, unet_den  # noqa: E402
@@ -36,6 +37,8 @@ from tolerances import TOL  # noqa: E402
 def fake_tensorrt(version: str, calls: list, *, parse_ok=True, build_ok=True):
     major = int(version.split(".")[0])
     trt = types.ModuleType("tensorrt")
+    # A spec, as an imported module has: torch.compile / torch.export look up every module in sys.modules.
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
     trt.__version__ = version
 
     class Logger:
@@ -249,9 +252,9 @@ def test_cli_builds_the_engine(monkeypatch, tmp_path, capsys):
     calls = _install(monkeypatch, "10.8.0")
     sched = tmp_path / "s.json"
     lf.discretize(lf.EDM(), 3, "edm").save(sched)
-    rc = export_main(["--model", "test_export:cli_model", "--schedule", str(sched), "--solver", "euler", "--onnx",
-                      str(tmp_path / "s.onnx"), "--tensorrt", str(tmp_path / "s.plan"), "--fp16",
-                      "--max-batch", "16", "--workspace", "64", "--shape", "1,8,8"])
+    rc = cli_main(["export", "--model", "test_export:cli_model", "--schedule", str(sched), "--solver", "euler",
+                   "--onnx", str(tmp_path / "s.onnx"), "--tensorrt", str(tmp_path / "s.plan"), "--fp16",
+                   "--max-batch", "16", "--workspace", "64", "--shape", "1,8,8"])
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "network float16" in out.out and "TensorRT engine, batch 1..16" in out.out
