@@ -1,9 +1,9 @@
 """ldd-fast: learned time discretisations (LD3) and compiled low-NFE samplers for diffusion models."""
 from .errors import (ConditionError, IncompatibleSchedule, LddFastError, NoiseScheduleError, NonFiniteSample,
                      ScheduleError, StateFileError)
-from .noise import EDM, NoiseSchedule, VPCosine, VPDiscrete, VPLinear
+from .noise import EDM, NoiseSchedule, RectifiedFlow, VPCosine, VPDiscrete, VPLinear
 from .denoiser import Affine, Denoiser
-from .schedule import Schedule, discretize
+from .schedule import Schedule, discretize, flux_mu
 from .plan import Plan
 from .solvers import SOLVERS, make_plan
 from .sample import plan_for, run_plan, sample
@@ -16,7 +16,7 @@ from .teacher import TeacherData, TeacherSpec, make_teacher
 __version__ = "0.1.0"
 
 __all__ = [
-    "EDM", "VPLinear", "VPCosine", "VPDiscrete", "NoiseSchedule",
+    "EDM", "VPLinear", "VPCosine", "VPDiscrete", "RectifiedFlow", "NoiseSchedule", "flux_mu",
     "Denoiser", "Affine", "Schedule", "discretize",
     "Plan", "SOLVERS", "make_plan", "sample", "plan_for", "run_plan",
     "LddFastError", "ScheduleError", "IncompatibleSchedule", "NoiseScheduleError", "StateFileError", "ConditionError",

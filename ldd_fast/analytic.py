@@ -1,8 +1,8 @@
 """Exact denoisers of known distributions: test problems with closed-form answers.
 
 Each is a network net(x, t) taking the continuous time t (Denoiser time_input="t")
-and returning the exact E[x0 | x_t] in the requested parameterisation, so every
-adapter can be tested against a known answer.
+and returning the exact E[x0 | x_t] in the requested parameterisation (x0, eps, v, or
+the flow velocity eps - x0), so every adapter can be tested against a known answer.
 
 - GaussianData: x0 ~ N(mu, diag(s^2)). Along the PF-ODE each coordinate keeps its
   standardised value (x_t - alpha mu) / sqrt(alpha^2 s^2 + sigma^2), which gives the
@@ -25,8 +25,8 @@ def _bc(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class _Exact(nn.Module):
     def __init__(self, noise: NoiseSchedule, prediction: str):
         super().__init__()
-        if prediction not in ("x0", "eps", "v"):
-            raise ValueError(f"prediction must be 'x0', 'eps' or 'v', got {prediction!r}")
+        if prediction not in ("x0", "eps", "v", "flow"):
+            raise ValueError(f"prediction must be 'x0', 'eps', 'v' or 'flow', got {prediction!r}")
         self.noise, self.prediction = noise, prediction
 
     def x0(self, x, t):
@@ -39,6 +39,8 @@ class _Exact(nn.Module):
             return x0
         alpha, sigma = _bc(self.noise.alpha(t), x), _bc(self.noise.sigma(t), x)
         eps = (x - alpha * x0) / sigma
+        if self.prediction == "flow":
+            return eps - x0  # the velocity of x_t = (1 - t) x0 + t eps
         return eps if self.prediction == "eps" else alpha * eps - sigma * x0
 
 
@@ -123,7 +125,8 @@ def warm_started_times(noise: NoiseSchedule, n: int, warm: int, grid: str = "log
     A multistep method of order p must start with lower-order steps; shrinking them
     makes their error negligible, which is the effect of seeding the history from the
     exact solution, so that the asymptotic order of the method itself shows.
-    grid: "logsnr" (uniform in lambda) or "sigma" (uniform in sigma / alpha).
+    grid: "logsnr" (uniform in lambda) or "sigma" (uniform in the level of the schedule's ODE
+    coordinates: sigma / alpha for EDM and VP, t for rectified flow; where iPNDM's equal steps live).
     """
     if grid not in ("logsnr", "sigma"):
         raise ValueError(f"grid must be 'logsnr' or 'sigma', got {grid!r}")
@@ -134,14 +137,14 @@ def warm_started_times(noise: NoiseSchedule, n: int, warm: int, grid: str = "log
     if grid == "logsnr":
         a, b = noise.lam(t_hi), noise.lam(t_lo)
     else:
-        a, b = noise.sigma_ve(t_hi), noise.sigma_ve(t_lo)
+        a, b = noise.ode_coordinates(t_hi)[1], noise.ode_coordinates(t_lo)[1]
     span = b - a
     h = span / (n - warm)
     delta = torch.sign(span) * h.abs() ** power / span.abs() ** (power - 1)
     head = a + delta * torch.arange(warm, dtype=torch.float64)
     tail = a + warm * delta + torch.linspace(0, 1, n - warm + 1, dtype=torch.float64) * (span - warm * delta)
     u = torch.cat([head, tail])
-    t = noise.t_of_lambda(u if grid == "logsnr" else -torch.log(u))
+    t = noise.t_of_lambda(u) if grid == "logsnr" else noise.t_of_level(u)
     t[0], t[-1] = t_hi, t_lo
     return t
 

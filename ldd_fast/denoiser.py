@@ -1,8 +1,8 @@
 """One model contract: D(x, t, cond) -> x0 estimate. Model types are adapted here and nowhere else.
 
-A network predicts eps, x0, v or is the raw network F of an EDM-preconditioned
-denoiser. All four turn into x0 by an affine map of (x, network output) whose
-coefficients depend only on t:
+A network predicts eps, x0, v, the flow velocity, or is the raw network F of an
+EDM-preconditioned denoiser. All five turn into x0 by an affine map of (x, network
+output) whose coefficients depend only on t:
 
     net_in = c_in(t) * x                       (EDM preconditioning only)
     raw    = net(net_in, t_net(t), cond)       (cond and null cond batched for guidance)
@@ -26,8 +26,8 @@ from torch import nn
 from .errors import ConditionError, finite_number
 from .noise import EDM, NoiseSchedule, VPDiscrete, as_time
 
-PREDICTIONS = ("eps", "x0", "v", "edm")
-TIME_INPUTS = ("t", "index", "sigma", "edm")
+PREDICTIONS = ("eps", "x0", "v", "edm", "flow")
+TIME_INPUTS = ("t", "index", "sigma", "edm", "t1000")
 
 
 class Affine(NamedTuple):
@@ -62,11 +62,14 @@ class Denoiser(nn.Module):
         net: callable net(x, t_net) or net(x, t_net, cond) -> tensor of x's shape.
         noise: the noise schedule the network was trained with.
         prediction: "eps" | "x0" | "v" | "edm" (net is the raw F of EDM's preconditioning,
-            Karras et al. 2022, Table 1, with sigma = sigma(t) / alpha(t) and x / alpha).
-        time_input: what the network receives as time: "t" (continuous t), "index"
-            (VPDiscrete: the continuous index N t - 1, never rounded), "sigma"
-            (sigma / alpha), "edm" (ln(sigma / alpha) / 4), or a callable of float64 t.
-            Default: "edm" for prediction="edm", "index" for VPDiscrete, "sigma" for EDM, else "t".
+            Karras et al. 2022, Table 1, with sigma = sigma(t) / alpha(t) and x / alpha) | "flow"
+            (the velocity v = eps - x0 of SD3 / Flux / diffusers' flow matching: for a rectified flow
+            x0 = x - t v; in general x0 = (x - sigma v) / (alpha + sigma)).
+        time_input: what the network receives as time: "t" (continuous t; Flux's transformer),
+            "t1000" (1000 t: Stable Diffusion 3's transformer), "index" (VPDiscrete: the continuous
+            index N t - 1, never rounded), "sigma" (sigma / alpha), "edm" (ln(sigma / alpha) / 4), or
+            a callable of float64 t. Default: "edm" for prediction="edm", "index" for VPDiscrete,
+            "sigma" for EDM, else "t".
         guidance_scale: classifier-free guidance weight w (1 = no guidance); the
             guided output is uncond + w (cond - uncond), one batched network call.
         null_cond: the condition meaning "unconditional" (e.g. a null class label or the
@@ -177,6 +180,8 @@ class Denoiser(nn.Module):
             return as_time(self.time_input(t))
         if self.time_input == "t":
             return t
+        if self.time_input == "t1000":
+            return 1000.0 * t
         if self.time_input == "index":
             return self.noise.index(t)
         sigma = self.noise.sigma(t) / self.noise.alpha(t)
@@ -197,6 +202,10 @@ class Denoiser(nn.Module):
         elif self.prediction == "v":
             norm = alpha**2 + sigma**2
             a, b = alpha / norm, -sigma / norm
+        elif self.prediction == "flow":
+            # x = alpha x0 + sigma (v + x0): finite at pure noise (alpha = 0), unlike eps.
+            norm = alpha + sigma
+            a, b = 1.0 / norm, -sigma / norm
         else:  # EDM preconditioning on x~ = x / alpha at noise level s = sigma / alpha.
             s, sd2 = sigma / alpha, self.sigma_data**2
             c_skip = sd2 / (s**2 + sd2)

@@ -41,7 +41,7 @@ from .schedule import Schedule
 
 CLASS_NAME = "LddFastScheduler"
 # diffusers' prediction_type spellings for ours (EDM's raw F has none in diffusers).
-_TO_DIFFUSERS = {"eps": "epsilon", "x0": "sample", "v": "v_prediction", "edm": "edm"}
+_TO_DIFFUSERS = {"eps": "epsilon", "x0": "sample", "v": "v_prediction", "edm": "edm", "flow": "flow_prediction"}
 _FROM_DIFFUSERS = {v: k for k, v in _TO_DIFFUSERS.items()}
 
 _CLASS = None

@@ -102,7 +102,9 @@ class TimeParams(nn.Module):
         t_hi, t_lo = torch.tensor(noise.t_max, dtype=DTYPE), torch.tensor(noise.t_min, dtype=DTYPE)
         self.register_buffer("t_hi", t_hi)
         self.register_buffer("t_lo", t_lo)
-        self.register_buffer("c_hi", self.coord(t_hi))
+        # lambda mode spans NoiseSchedule.lam_span(): finite from a flow's pure noise (lambda(1) = -inf).
+        c_hi = torch.tensor(noise.lam_span()[0], dtype=DTYPE) if mode == "lambda" else t_hi.clone()
+        self.register_buffer("c_hi", c_hi)
         self.register_buffer("c_lo", self.coord(t_lo))
         self.xi = nn.Parameter(torch.zeros(self.n_steps, dtype=DTYPE))
         self.xi_c = nn.Parameter(torch.zeros(max(nfe - 1, 0), dtype=DTYPE))
@@ -110,7 +112,8 @@ class TimeParams(nn.Module):
             self.init_from(init)
 
     def coord(self, t):
-        return self.noise.lam(t) if self.mode == "lambda" else t
+        """The mode's coordinate; in lambda mode never below the span's start (t = 1 of a flow maps there)."""
+        return torch.maximum(self.noise.lam(t), self.c_hi) if self.mode == "lambda" else t
 
     def inv(self, c):
         return self.noise.t_of_lambda(c) if self.mode == "lambda" else c

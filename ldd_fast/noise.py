@@ -5,6 +5,13 @@ log-SNR of DPM-Solver, Lu et al. 2022) and its inverse t(lambda), the time
 range [t_min, t_max] a sampler runs over, and the scale of the prior that
 unit-normal noise z is multiplied by. The solvers only ever see these
 functions, so every solver runs under every schedule.
+
+A rectified-flow schedule may start at pure noise, t = 1 (alpha = 0, lambda = -inf), as the
+flow pipelines do. Two rules keep that point finite everywhere: lambda-coordinate constructions
+(logSNR / EDM discretisations, LD3's lambda mode) take their span from `lam_span()`, which starts
+at the mirror of the other end, -lambda(t_min), instead of -inf; and the solvers take the first
+step from t = 1 in its finite form and never use the output at t = 1 as history in lambda
+(see plan.StepTimes).
 """
 from __future__ import annotations
 
@@ -45,6 +52,8 @@ class NoiseSchedule:
     t_min: float
     t_max: float
     prior_scale: float = 1.0
+    # True when t_max is pure noise (alpha(t_max) = 0, lambda = -inf): only RectifiedFlow(t_max=1).
+    pure_noise_start: bool = False
 
     def log_alpha(self, t):
         raise NotImplementedError
@@ -66,6 +75,22 @@ class NoiseSchedule:
         """sigma / alpha: the noise level of the scaled state x / alpha (EDM's sigma)."""
         return torch.exp(-self.lam(as_time(t)))
 
+    def ode_coordinates(self, t):
+        """(scale, level) in which the PF-ODE reads dy/dlevel = (y - D) / level for y = x / scale.
+
+        EDM's coordinates (Karras et al. 2022, sec. 4): scale = alpha, level = sigma / alpha. Heun and
+        iPNDM integrate in them; a schedule whose start is pure noise overrides them with finite ones.
+        """
+        return self.alpha(t), self.sigma_ve(t)
+
+    def t_of_level(self, level):
+        """The inverse of the level of `ode_coordinates`."""
+        return self.t_of_lambda(-torch.log(as_time(level)))
+
+    def lam_span(self) -> tuple[float, float]:
+        """(lambda at the start, lambda at t_min) of every lambda-coordinate construction; finite."""
+        return float(self.lam(self.t_max)), float(self.lam(self.t_min))
+
     def describe(self) -> dict:
         raise NotImplementedError
 
@@ -80,7 +105,7 @@ class NoiseSchedule:
         if not (0 < self.t_min < self.t_max):
             raise NoiseScheduleError(f"{name}: need 0 < t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}")
         with torch.no_grad():
-            lam_lo, lam_hi = float(self.lam(self.t_max)), float(self.lam(self.t_min))
+            lam_lo, lam_hi = self.lam_span()
         if not (math.isfinite(lam_lo) and math.isfinite(lam_hi) and lam_hi > lam_lo):
             raise NoiseScheduleError(f"{name}: degenerate parameters: the log-SNR over [t_min, t_max] runs from "
                                      f"{lam_hi} to {lam_lo}, not a finite decreasing range")
@@ -293,9 +318,60 @@ class VPDiscrete(_VP):
                 "sha256": hashlib.sha256(json.dumps(ac).encode()).hexdigest()[:16]}
 
 
-_TYPES = {"EDM": EDM, "VPLinear": VPLinear, "VPCosine": VPCosine, "VPDiscrete": VPDiscrete}
+class RectifiedFlow(NoiseSchedule):
+    """Rectified flow / flow matching (Liu et al. 2023; Lipman et al. 2023), as Stable Diffusion 3 and Flux:
+    x_t = (1 - t) x0 + t eps, so alpha = 1 - t, sigma = t and lambda = log((1 - t) / t).
+
+    t equals diffusers' flow sigma and the prior scale is 1. t_max = 1 (the default) is pure noise,
+    where the pipelines start: only the first solver time may sit there. The ODE is integrated in
+    (x, t) by Heun and iPNDM (dx/dt = (x - D) / t, the velocity), which is finite at t = 1.
+    """
+
+    def __init__(self, t_min: float = 1e-3, t_max: float = 1.0):
+        self.t_min = _number("RectifiedFlow", "t_min", t_min, positive=True)
+        self.t_max = _number("RectifiedFlow", "t_max", t_max, positive=True)
+        if self.t_max > 1.0:
+            raise NoiseScheduleError(f"RectifiedFlow: t_max must be <= 1 (pure noise), got {self.t_max}")
+        self.pure_noise_start = self.t_max == 1.0
+        self._finish()
+
+    def log_alpha(self, t):
+        return torch.log1p(-as_time(t))
+
+    def alpha(self, t):
+        return 1.0 - as_time(t)
+
+    def sigma(self, t):
+        return as_time(t)
+
+    def lam(self, t):
+        t = as_time(t)
+        return torch.log1p(-t) - torch.log(t)
+
+    def t_of_lambda(self, lam):
+        return torch.sigmoid(-as_time(lam))
+
+    def ode_coordinates(self, t):
+        t = as_time(t)
+        return torch.ones_like(t), t
+
+    def t_of_level(self, level):
+        return as_time(level)
+
+    def lam_span(self) -> tuple[float, float]:
+        lam_lo = float(self.lam(self.t_min))
+        # From pure noise, lambda constructions start at the mirror of the other end (t = 1 - t_min).
+        return (-lam_lo if self.pure_noise_start else float(self.lam(self.t_max))), lam_lo
+
+    def describe(self):
+        return {"type": "RectifiedFlow", "t_min": self.t_min, "t_max": self.t_max}
+
+
+_TYPES = {"EDM": EDM, "VPLinear": VPLinear, "VPCosine": VPCosine, "VPDiscrete": VPDiscrete,
+          "RectifiedFlow": RectifiedFlow}
 _PARAMS = {"EDM": ("sigma_min", "sigma_max"), "VPLinear": ("beta_min", "beta_max", "t_min", "t_max"),
-           "VPCosine": ("s", "t_min", "t_max"), "VPDiscrete": ("alphas_cumprod", "t_min", "t_max", "sha256")}
+           "VPCosine": ("s", "t_min", "t_max"), "VPDiscrete": ("alphas_cumprod", "t_min", "t_max", "sha256"),
+           "RectifiedFlow": ("t_min", "t_max")}
 
 
 def from_description(d: dict) -> NoiseSchedule:

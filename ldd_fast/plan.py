@@ -14,6 +14,7 @@ and the coefficient tables fall out of it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -181,6 +182,13 @@ class StepTimes:
 
     Everything is float64 and differentiable in t. With final='zero' the entries at n
     are never used: every solver's last step then returns the data estimate D.
+    scale, level: the coordinates Heun and iPNDM integrate in (NoiseSchedule.ode_coordinates).
+
+    Pure-noise start (`open_start`: t[0] = 1 of a rectified flow, lambda = -inf): lambda[0] is the
+    constant -inf, so the first step's h = inf gives the exact limit of every data-prediction
+    update (e^-h = 0: x_1 = (sigma_1 / sigma_0) x + alpha_1 D, the finite form) and no gradient
+    passes through it; `first_history` = 1 tells the multistep solvers that the output at t = 1
+    is never history in lambda (its distance there is infinite): their warm-up starts at step 1.
     """
 
     def __init__(self, noise: NoiseSchedule, t: torch.Tensor, final: str):
@@ -190,21 +198,28 @@ class StepTimes:
         self.t = t
         self.alpha = noise.alpha(tt)
         self.sigma = noise.sigma(tt)
-        self.lam = noise.lam(tt)
-        self.sigma_ve = torch.exp(-self.lam)  # sigma / alpha: the noise level of x / alpha
+        self.open_start = noise.pure_noise_start and float(tt[0].detach()) == noise.t_max
+        if self.open_start:
+            head = torch.full((1,), -math.inf, dtype=DTYPE, device=tt.device)
+            self.lam = torch.cat([head, noise.lam(tt[1:])])
+        else:
+            self.lam = noise.lam(tt)
+        self.first_history = 1 if self.open_start else 0
+        self.scale, self.level = noise.ode_coordinates(tt)
 
     def lands_on_zero(self, i: int) -> bool:
         """True for the last step when it goes to sigma = 0."""
         return self.final == "zero" and i == self.n - 1
 
 
-def step_orders(n: int, order: int, lower_order_final: bool, warmup: bool = True) -> list[int]:
-    """Per-step order of a multistep method: warm-up min(order, i + 1) and, with
+def step_orders(n: int, order: int, lower_order_final: bool, warmup: bool = True, first: int = 0) -> list[int]:
+    """Per-step order of a multistep method: warm-up min(order, i + 1 - first) and, with
     lower_order_final, min(order, n - i) (the rule of diffusers' UniPC; for
-    DPM-Solver++ order <= 3 it is the same as diffusers' lower_order_final/second)."""
+    DPM-Solver++ order <= 3 it is the same as diffusers' lower_order_final/second).
+    first: the first step whose output may serve as history (StepTimes.first_history)."""
     out = []
     for i in range(n):
-        p = min(order, i + 1) if warmup else order
+        p = max(1, min(order, i + 1 - first)) if warmup else order
         if lower_order_final:
             p = min(p, n - i)
         out.append(p)

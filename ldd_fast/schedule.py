@@ -12,17 +12,18 @@ import torch
 from . import solvers
 from .errors import LddFastError, ScheduleError, finite_number
 from .io import atomic_write_text, read_json
-from .noise import DTYPE, NoiseSchedule, from_description
+from .noise import DTYPE, NoiseSchedule, RectifiedFlow, from_description
 
 FORMAT_VERSION = 1
 KINDS = ("time_uniform", "time_quadratic", "logsnr", "edm")
+FLOW_KINDS = ("flowmatch", "flux")  # the flow-matching pipelines' own grids (rectified flows only)
 _RANGE_RTOL = 1e-9
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 FIELDS = ("t", "t_eval", "noise", "final", "solver", "order", "variant", "lower_order_final", "guidance_scale",
           "fingerprint", "origin", "metrics", "info")
 _FILE_KEYS = {"format_version", "nfe", *FIELDS}
 
-__all__ = ["Schedule", "ScheduleError", "discretize", "KINDS", "FORMAT_VERSION"]
+__all__ = ["Schedule", "ScheduleError", "discretize", "flux_mu", "KINDS", "FLOW_KINDS", "FORMAT_VERSION"]
 
 
 def _as_times(name: str, v) -> tuple[float, ...]:
@@ -300,47 +301,133 @@ def _check_times(t: tuple, te: tuple, noise: NoiseSchedule, final: str) -> None:
             if not lo <= x <= hi:
                 raise ScheduleError(f"field {name!r}: {name}[{i}]={x} is outside the noise schedule's "
                                     f"range [{noise.t_min}, {noise.t_max}]")
+    if noise.pure_noise_start:
+        # t = t_max is pure noise (lambda = -inf): only the first solver time, and its network call, may sit there.
+        if any(x >= noise.t_max for x in te[1:]):
+            raise ScheduleError(f"field 't_eval': only the first network call may be at pure noise "
+                                f"t = {noise.t_max}, got t_eval = {list(te)}")
+
+
+def flux_mu(image_seq_len: int, *, base_image_seq_len: int = 256, max_image_seq_len: int = 4096,
+            base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+    """The exponential time shift mu that FluxPipeline (and SD3.5 with dynamic shifting) computes from the
+    image's token count: linear in image_seq_len through (base_image_seq_len, base_shift) and
+    (max_image_seq_len, max_shift), the scheduler config's keys of the same names."""
+    for name, v in (("image_seq_len", image_seq_len), ("base_image_seq_len", base_image_seq_len),
+                    ("max_image_seq_len", max_image_seq_len)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if max_image_seq_len == base_image_seq_len:
+        raise ValueError("max_image_seq_len must differ from base_image_seq_len")
+    m = (finite_number(max_shift, "max_shift") - finite_number(base_shift, "base_shift")) / \
+        (max_image_seq_len - base_image_seq_len)
+    return float(image_seq_len * m + base_shift - m * base_image_seq_len)
+
+
+def _linear_shift(shift: float, u: torch.Tensor) -> torch.Tensor:
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+def _exponential_shift(mu: float, u: torch.Tensor) -> torch.Tensor:
+    return math.exp(mu) / (math.exp(mu) + (1.0 / u - 1.0))
+
+
+def _flow_grid(kind: str, m: int, final: str, t_end: float, shift: float | None, mu: float | None):
+    """The flow pipelines' grids (diffusers' FlowMatchEulerDiscreteScheduler.set_timesteps and FluxPipeline).
+
+    final="zero": exactly the m call times the pipeline computes, before its appended 0: "flowmatch" takes
+    linspace(sigma_max, sigma_min, m) of the scheduler's training sigmas (with a static shift those are
+    already shifted once, so the smallest is shifted twice, as diffusers does) then shifts them; "flux"
+    takes linspace(1, 1/m, m) and the exponential shift with mu. final="t_min": m points from 1 to
+    exactly t_end, uniform before the same shift.
+    """
+    shift_fn = (lambda u: _exponential_shift(mu, u)) if mu is not None else (lambda u: _linear_shift(shift, u))
+    if final == "t_min":
+        lo = t_end / (math.exp(mu) * (1.0 - t_end) + t_end) if mu is not None \
+            else t_end / (shift - (shift - 1.0) * t_end)  # the unshifted point that shifts onto t_end
+        u = torch.linspace(1.0, lo, m, dtype=DTYPE)
+    elif kind == "flux":
+        u = torch.linspace(1.0, 1.0 / m, m, dtype=DTYPE)
+    else:
+        sigma_min = _FLOW_TRAIN_SIGMA_MIN if mu is not None else float(_linear_shift(shift, torch.tensor(
+            _FLOW_TRAIN_SIGMA_MIN, dtype=DTYPE)))
+        u = torch.linspace(1.0, sigma_min, m, dtype=DTYPE)
+    return shift_fn(u)
+
+
+_FLOW_TRAIN_SIGMA_MIN = 1e-3  # 1 / num_train_timesteps of every flow-matching pipeline we know
 
 
 def discretize(noise: NoiseSchedule, nfe: int, kind: str = "logsnr", *, solver: str | None = None,
-               rho: float = 7.0, final: str = "t_min") -> Schedule:
-    """A hand-made schedule between t_max and t_min that spends exactly nfe network calls.
+               rho: float = 7.0, final: str = "t_min", t_end: float | None = None, shift: float | None = None,
+               mu: float | None = None) -> Schedule:
+    """A hand-made schedule from t_max to t_end (default t_min) that spends exactly nfe network calls.
 
     kind: "time_uniform" (linear in t), "time_quadratic" (linear in sqrt t, as DPM-Solver),
     "logsnr" (linear in lambda), "edm" (Karras et al. 2022 eq. 5: linear in sigma^(1/rho)
-    with sigma = sigma(t) / alpha(t) = exp(-lambda), mapped back to t).
+    with sigma = sigma(t) / alpha(t) = exp(-lambda), mapped back to t); for rectified flows also
+    "flowmatch" (the grid of diffusers' FlowMatchEulerDiscreteScheduler with `shift`, or with `mu`
+    for its dynamic shifting, as Stable Diffusion 3 samples) and "flux" (FluxPipeline's grid:
+    linspace(1, 1/N, N) with the exponential time shift `mu`, see `flux_mu`). With final="zero"
+    these two are exactly the pipelines' sigmas, whose last one is not t_min.
+    From pure noise (a rectified flow's t = 1), "logsnr" and "edm" space the times over
+    NoiseSchedule.lam_span() and then put the first time at t = 1 exactly.
     solver: decides how many times nfe needs (heun: nfe = 2K - 1 for K steps); default multistep.
-    final: "t_min" ends at t_min; "zero" spreads the call times over [t_min, t_max] and lands
+    final: "t_min" ends at t_end; "zero" spreads the call times over [t_end, t_max] and lands
     the last step on sigma = 0 (k-diffusion / diffusers' convention).
     """
     if not isinstance(noise, NoiseSchedule):
         raise TypeError(f"noise must be a NoiseSchedule, got {type(noise).__name__}")
-    if kind not in KINDS:
-        raise ValueError(f"unknown discretisation kind {kind!r}; expected one of {KINDS}")
+    if kind not in KINDS + FLOW_KINDS:
+        raise ValueError(f"unknown discretisation kind {kind!r}; expected one of {KINDS + FLOW_KINDS}")
     if final not in solvers.FINALS:
         raise ValueError(f"final must be one of {solvers.FINALS}, got {final!r}")
     if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
         raise ValueError(f"rho must be a positive number, got {rho!r}")
+    t_end = noise.t_min if t_end is None else finite_number(t_end, "t_end")
+    if not noise.t_min <= t_end < noise.t_max:
+        raise ValueError(f"t_end={t_end} must lie in the noise schedule's range [{noise.t_min}, {noise.t_max})")
+    if kind in FLOW_KINDS:
+        if not isinstance(noise, RectifiedFlow) or not noise.pure_noise_start:
+            raise ValueError(f"kind {kind!r} is a flow-matching pipeline's grid: it needs lf.RectifiedFlow() "
+                             f"(t_max = 1), got {noise!r}")
+        if kind == "flux" and mu is None:
+            raise ValueError("kind 'flux' needs mu (lf.flux_mu(image_seq_len) computes the pipeline's)")
+        if shift is not None and mu is not None:
+            raise ValueError("give shift (a static shift) or mu (dynamic shifting), not both")
+        if mu is not None:
+            mu = finite_number(mu, "mu")
+        else:
+            shift = 1.0 if shift is None else finite_number(shift, "shift")
+            if shift <= 0:
+                raise ValueError(f"shift must be positive, got {shift}")
+    elif shift is not None or mu is not None:
+        raise ValueError(f"shift and mu belong to the flow kinds {FLOW_KINDS}, not to kind {kind!r}")
     layout_solver = solver or "euler"
     n = solvers.steps_for_nfe(layout_solver, nfe)
     m = n + 1 if final == "t_min" else n
-    t_hi, t_lo = torch.tensor(noise.t_max, dtype=DTYPE), torch.tensor(noise.t_min, dtype=DTYPE)
+    t_hi, t_lo = torch.tensor(noise.t_max, dtype=DTYPE), torch.tensor(t_end, dtype=DTYPE)
     u = torch.linspace(0.0, 1.0, m, dtype=DTYPE) if m > 1 else torch.zeros(1, dtype=DTYPE)
-    if kind == "time_uniform":
+    if kind in FLOW_KINDS:
+        t = _flow_grid(kind, m, final, t_end, shift, mu)
+    elif kind == "time_uniform":
         t = t_hi + u * (t_lo - t_hi)
     elif kind == "time_quadratic":
         t = (t_hi.sqrt() + u * (t_lo.sqrt() - t_hi.sqrt())) ** 2
-    elif kind == "logsnr":
-        l_hi, l_lo = noise.lam(t_hi), noise.lam(t_lo)
-        t = noise.t_of_lambda(l_hi + u * (l_lo - l_hi))
     else:
-        s_hi, s_lo = noise.sigma_ve(t_hi) ** (1 / rho), noise.sigma_ve(t_lo) ** (1 / rho)
-        t = noise.t_of_lambda(-rho * torch.log(s_hi + u * (s_lo - s_hi)))
+        l_hi, l_lo = noise.lam_span()[0], noise.lam(t_lo)
+        if kind == "logsnr":
+            t = noise.t_of_lambda(l_hi + u * (l_lo - l_hi))
+        else:
+            s_hi, s_lo = math.exp(-l_hi / rho), torch.exp(-l_lo / rho)
+            t = noise.t_of_lambda(-rho * torch.log(s_hi + u * (s_lo - s_hi)))
     t[0] = t_hi  # exact ends: round trips through lambda must not step outside the range
-    if m > 1:
+    if m > 1 and (final == "t_min" or kind not in FLOW_KINDS):
         t[-1] = t_lo
     if final == "zero":
         t = torch.cat([t, torch.zeros(1, dtype=DTYPE)])
-    info = {"kind": kind, **({"rho": float(rho)} if kind == "edm" else {})}
+    info = {"kind": kind, **({"rho": float(rho)} if kind == "edm" else {}),
+            **({"shift": shift} if shift is not None else {}), **({"mu": mu} if mu is not None else {}),
+            **({"t_end": t_end} if t_end != noise.t_min else {})}
     return Schedule(t=t, t_eval=solvers.default_t_eval(layout_solver, t), noise=noise, final=final,
                     origin=f"discretize:{kind}", info=info)

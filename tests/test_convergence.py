@@ -24,6 +24,7 @@ NOISES = {
     "vp_linear": lf.VPLinear(),
     "vp_cosine": lf.VPCosine(),
     "vp_discrete": lf.VPDiscrete.linear(),
+    "flow": lf.RectifiedFlow(),  # from pure noise at t = 1: the finite first step
 }
 
 
@@ -65,5 +66,23 @@ def test_theoretical_orders(solver, order, variant, grid, capped, full):
     with_defaults = measure(NARROW, solver, order, steps, variant=variant, grid=grid, lower_order_final=True)
     assert abs(with_defaults - capped) < TOL["order"], f"defaults: order {with_defaults:.2f}, expected {capped}"
     warm = measure(NARROW, solver, order, steps, variant=variant, grid=grid, warm=order,
+                   lower_order_final=False)
+    assert abs(warm - full) < TOL["order"], f"warm-started: order {warm:.2f}, expected {full}"
+
+
+# Rectified flow on a narrow range (t in [1/6, 5/6], lambda in [-1.6, 1.6]): the data-prediction
+# methods show their orders as on EDM. iPNDM is left out: its fixed Adams-Bashforth weights assume
+# equal steps, so shrunk warm-up steps leave its history clustered at the start and the next step
+# is first order in effect; on EDM's narrow range the derivative at sigma = 5 is nearly constant and
+# hides that, on a flow it does not (measured: iPNDM-3 / 4 give 1.9 / 2.0 there, warm-started or not).
+FLOW_NARROW = lf.RectifiedFlow(1 / 6, 5 / 6)
+
+
+@pytest.mark.parametrize("solver,order,variant,grid,capped,full", [c for c in THEORY if c[0] != "ipndm"])
+def test_theoretical_orders_on_a_flow(solver, order, variant, grid, capped, full):
+    steps = [32, 64, 128, 256] if full < 4 else [64, 128, 256, 512]
+    with_defaults = measure(FLOW_NARROW, solver, order, steps, variant=variant, grid=grid, lower_order_final=True)
+    assert abs(with_defaults - capped) < TOL["order"], f"defaults: order {with_defaults:.2f}, expected {capped}"
+    warm = measure(FLOW_NARROW, solver, order, steps, variant=variant, grid=grid, warm=order,
                    lower_order_final=False)
     assert abs(warm - full) < TOL["order"], f"warm-started: order {warm:.2f}, expected {full}"

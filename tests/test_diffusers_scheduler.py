@@ -154,7 +154,7 @@ def test_errors_are_clear():
     with pytest.raises(RuntimeError, match="call set_timesteps"):
         scheduler.step(torch.zeros_like(x), scheduler.timesteps[0], x)
     with pytest.raises(ValueError, match="unknown prediction_type"):
-        lf.to_diffusers_scheduler(sched, solver="unipc", prediction_type="flow")
+        lf.to_diffusers_scheduler(sched, solver="unipc", prediction_type="velocity")
     with pytest.raises(ValueError, match="heun layout"):
         lf.to_diffusers_scheduler(sched, solver="heun")
     with pytest.raises(TypeError, match="lf.Schedule"):

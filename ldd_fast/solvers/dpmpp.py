@@ -26,7 +26,7 @@ def plan(noise, t, t_eval, *, order: int = 2, lower_order_final: bool = True, fi
     st = StepTimes(noise, t, final)
     b = PlanBuilder(t, t_eval, "dpmpp", order,
                     {"lower_order_final": lower_order_final, "final": final, "variant": variant})
-    orders = step_orders(st.n, order, lower_order_final)
+    orders = step_orders(st.n, order, lower_order_final, first=st.first_history)
     d2_weight = 2.0 if variant == "taylor" else 1.0
     lam = st.lam
     for i in range(st.n):

@@ -1,7 +1,9 @@
 """Heun's method, deterministic: EDM Algorithm 2 (Karras et al. 2022) with S_churn = 0.
 
-Run on x~ = x / alpha in sigma~ = sigma / alpha (for EDM, alpha = 1 and this is
-Algorithm 2 line for line). K steps cost 2K - 1 network calls: the last step is
+Run on y = x / scale in level, the schedule's ODE coordinates (NoiseSchedule.ode_coordinates):
+x~ = x / alpha in sigma~ = sigma / alpha for EDM and VP (for EDM, alpha = 1 and this is
+Algorithm 2 line for line), and x in t for rectified flow, where (x - D) / t is the velocity and
+the method is diffusers' FlowMatchHeunDiscreteScheduler. K steps cost 2K - 1 network calls: the last step is
 a plain Euler step (Algorithm 2 skips the correction when sigma_next = 0; we
 decide it at plan time for every final time, so the call count is always odd).
 Network calls in order: step start t_0, stage end t_1, step start t_1, ..., t_{K-1}.
@@ -19,8 +21,8 @@ def plan(noise, t, t_eval, *, order: int = 2, final: str = "t_min"):
         if st.lands_on_zero(i):
             b.update(x=d_cur)
             continue
-        s_cur, s_next = st.sigma_ve[i], st.sigma_ve[i + 1]
-        a_cur, a_next = st.alpha[i], st.alpha[i + 1]
+        s_cur, s_next = st.level[i], st.level[i + 1]
+        a_cur, a_next = st.scale[i], st.scale[i + 1]
         x_cur = b.reg("x") / a_cur
         # Euler step.
         x_next = x_cur + (s_next - s_cur) * (x_cur - d_cur) / s_cur

@@ -1,6 +1,7 @@
 """iPNDM (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator", sec. 4):
-Adams-Bashforth with fixed weights on the noise prediction eps = (x~ - D) / sigma~,
-integrating dx~/dsigma~ = eps for x~ = x / alpha, sigma~ = sigma / alpha, with a
+Adams-Bashforth with fixed weights on the noise prediction eps = (y - D) / level,
+integrating dy/dlevel = eps in the schedule's ODE coordinates (y = x / alpha, level = sigma / alpha
+for EDM and VP; y = x, level = t for rectified flow, where eps is the velocity), with a
 lower-order warm-up (orders 1, 2, 3 on the first steps).
 """
 from __future__ import annotations
@@ -24,12 +25,12 @@ def plan(noise, t, t_eval, *, order: int = 4, lower_order_final: bool = True, fi
         if st.lands_on_zero(i):
             b.update(x=d)
             continue
-        s_cur, s_next = st.sigma_ve[i], st.sigma_ve[i + 1]
-        x_cur = b.reg("x") / st.alpha[i]
+        s_cur, s_next = st.level[i], st.level[i + 1]
+        x_cur = b.reg("x") / st.scale[i]
         eps = (x_cur - d) / s_cur
         keep = orders[i + 1] - 1 if i + 1 < st.n else 0
         history = shift_history(b, eps, keep, prefix="e")
         eps_all: list[Lin] = [eps] + [b.reg(f"e{k}") for k in range(1, orders[i])]
         slope = lin_sum(w * e for w, e in zip(AB_WEIGHTS[orders[i]], eps_all))
-        b.update(x=st.alpha[i + 1] * (x_cur + (s_next - s_cur) * slope), **history)
+        b.update(x=st.scale[i + 1] * (x_cur + (s_next - s_cur) * slope), **history)
     return b.build()

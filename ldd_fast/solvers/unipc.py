@@ -65,10 +65,10 @@ def plan(noise, t, t_eval, *, order: int = 3, lower_order_final: bool = True, fi
     st = StepTimes(noise, t, final)
     b = PlanBuilder(t, t_eval, "unipc", order,
                     {"lower_order_final": lower_order_final, "final": final, "variant": variant})
-    orders = step_orders(st.n, order, lower_order_final)
+    orders = step_orders(st.n, order, lower_order_final, first=st.first_history)
     for i in range(st.n):
         m_i = b.call("x")
-        if i == 0:
+        if i <= st.first_history:  # nothing to correct; from pure noise, no UniC across h = inf either
             x_c = b.reg("x")
         else:  # UniC: correct x_i with the new output, at the previous step's order.
             p = orders[i - 1]
@@ -85,5 +85,8 @@ def plan(noise, t, t_eval, *, order: int = 3, lower_order_final: bool = True, fi
             b.update(x=x_next)
             continue
         hist = [m_i] + [b.reg(f"m{k}") for k in range(1, p)]
+        if i < st.first_history:  # the output at t = 1 is not history, and there is no corrector to feed
+            b.update(x=x_next)
+            continue
         b.update(x=x_next, xc=x_c, **{f"m{k + 1}": m for k, m in enumerate(hist)})
     return b.build()

@@ -1,4 +1,5 @@
-"""Preconditioning of the raw zoo networks: EDM (Karras et al. 2022, Table 1) and DDPM eps (Ho et al. 2020).
+"""Preconditioning of the raw zoo networks: EDM (Karras et al. 2022, Table 1), DDPM eps (Ho et al. 2020) and
+rectified flow (velocity v = eps - x0 at x_t = (1 - t) x0 + t eps, as SD3 / Flux).
 
 Both turn a raw network ``F(x, noise_input, cond)`` into an x0 estimate
 (a denoiser ``D``). They are used for training and for the reference losses
@@ -11,8 +12,11 @@ import torch
 
 __all__ = [
     "SIGMA_DATA", "P_MEAN", "P_STD", "edm_coefficients", "edm_loss_weight", "edm_denoise",
-    "ddpm_alphas_cumprod", "vp_denoise", "vp_sigma",
+    "ddpm_alphas_cumprod", "vp_denoise", "vp_sigma", "FLOW_TIMESTEPS", "flow_denoise",
 ]
+
+# The flow network's time input is 1000 t (Stable Diffusion 3's transformer convention).
+FLOW_TIMESTEPS = 1000
 
 # EDM's defaults (Table 1 and section 5): data std, and the log-normal training sigma density.
 SIGMA_DATA = 0.5
@@ -98,3 +102,16 @@ def vp_sigma(k, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     abar = alphas_cumprod[torch.as_tensor(k)]
     return ((1.0 - abar) / abar).sqrt()
 
+
+
+def flow_denoise(net, x: torch.Tensor, t, cond=None) -> torch.Tensor:
+    """x0 = x_t - t v with v = F(x_t, 1000 t, cond): the rectified-flow velocity network's x0 estimate."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError("flow_denoise: x must be a [B, C, H, W] tensor")
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t.dim() == 0:
+        t = t.expand(x.shape[0])
+    if t.shape != (x.shape[0],) or not torch.all((t >= 0) & (t <= 1)):
+        raise ValueError(f"flow_denoise: t must lie in [0, 1], 0-dim or of shape [{x.shape[0]}]")
+    v = net(x, FLOW_TIMESTEPS * t, cond).to(x.dtype)
+    return x - t[:, None, None, None] * v

@@ -9,6 +9,10 @@ Two variants of the same :class:`~ldd_fast.zoo.unet.TinyUNet`:
 * ``vp``: DDPM (Ho et al. 2020): 1000 discrete steps, linear betas 1e-4..0.02,
   eps prediction, k ~ U{0..999}; the network's noise input is the float index k
   (a sampler at continuous time t feeds 1000 t - 1).
+* ``flow``: rectified flow (Liu et al. 2023; Esser et al. 2024, SD3): x_t = (1 - t) x0 + t eps,
+  the network predicts the velocity v = eps - x0 from (x_t, 1000 t) with a plain MSE, and t is
+  drawn logit-normal (sigmoid of N(0, 1): SD3's choice, section 3.1), which spends the training
+  on the middle of the path where the velocity is hardest to predict.
 
 Both are class-conditional with label dropout (p = 0.1, label -> null class 10)
 for classifier-free guidance, trained with AdamW, linear lr warm-up and an EMA
@@ -55,9 +59,10 @@ __all__ = [
     "REFERENCE_LEVELS", "REFERENCE_SEED", "REFERENCE_REPEATS",
 ]
 
-VARIANTS = ("edm", "vp")
+VARIANTS = ("edm", "vp", "flow")
 #: load_network() name -> file stem in ldd_fast/zoo/weights
-WEIGHT_NAMES = {"edm": "digits_edm", "vp": "digits_vp"}
+WEIGHT_NAMES = {"edm": "digits_edm", "vp": "digits_vp", "flow": "digits_flow"}
+MODEL_NAMES = {"edm": "digits", "vp": "digits_vp", "flow": "digits_flow"}
 NULL_CLASS = 10
 CHECKPOINT_FORMAT = "ldd_fast.zoo.train checkpoint v1"
 CHECKPOINT_KIND = "zoo training checkpoint"
@@ -66,9 +71,12 @@ EDM_NOISE = {"sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": precond.SIGMA_
              "P_mean": precond.P_MEAN, "P_std": precond.P_STD}
 VP_NOISE = {"beta_start": 1e-4, "beta_end": 0.02, "num_train_timesteps": 1000, "beta_schedule": "linear",
             "prediction_type": "epsilon"}
+FLOW_NOISE = {"t_min": 1e-3, "t_max": 1.0, "time_sampling": "logit-normal (mean 0, std 1)",
+              "timestep_scale": precond.FLOW_TIMESTEPS, "prediction_type": "flow (v = eps - x0)"}
 
 # Fixed protocol for the reference denoising losses shipped with the weights.
-REFERENCE_LEVELS = {"edm": [0.05, 0.2, 0.5, 1.0, 2.0, 5.0], "vp": [10, 100, 300, 600, 900]}
+REFERENCE_LEVELS = {"edm": [0.05, 0.2, 0.5, 1.0, 2.0, 5.0], "vp": [10, 100, 300, 600, 900],
+                    "flow": [0.05, 0.2, 0.5, 0.8, 0.95]}
 REFERENCE_SEED = 1234
 REFERENCE_REPEATS = 4
 
@@ -176,6 +184,11 @@ class Trainer:
             denoised = precond.edm_denoise(self.net, x0 + noise, sigma, labels, EDM_NOISE["sigma_data"])
             weight = precond.edm_loss_weight(sigma, EDM_NOISE["sigma_data"])[:, None, None, None]
             return (weight * (denoised - x0).square()).mean()
+        if self.variant == "flow":
+            t = torch.sigmoid(torch.randn(b, generator=g))[:, None, None, None]
+            eps = torch.randn(x0.shape, generator=g)
+            x_t = (1.0 - t) * x0 + t * eps
+            return (self.net(x_t, precond.FLOW_TIMESTEPS * t.flatten(), labels) - (eps - x0)).square().mean()
         k = torch.randint(0, VP_NOISE["num_train_timesteps"], (b,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
         abar = self.alphas_cumprod[k].float()[:, None, None, None]
@@ -285,6 +298,9 @@ def reference_losses(net: torch.nn.Module, variant: str, x0: torch.Tensor, level
             n = n.to(x0.device)
             if variant == "edm":
                 d = precond.edm_denoise(net, x0 + float(level) * n, float(level), None, EDM_NOISE["sigma_data"])
+            elif variant == "flow":
+                t = float(level)
+                d = precond.flow_denoise(net, (1.0 - t) * x0 + t * n, t, None)
             else:
                 if int(level) != level:
                     raise ValueError(f"reference_losses: vp levels are integer indices, got {level}")
@@ -305,6 +321,9 @@ def _noise_description(variant: str) -> dict:
     if variant == "edm":
         return dict(EDM_NOISE, type="EDM", preconditioning="EDM (Karras et al. 2022, Table 1)",
                     network_input="F(c_in x, c_noise = ln(sigma)/4, cond); D = c_skip x + c_out F")
+    if variant == "flow":
+        return dict(FLOW_NOISE, type="RectifiedFlow",
+                    network_input="v = F(x_t, 1000 t, cond), x_t = (1 - t) x0 + t eps; D = x_t - t v")
     ac = precond.ddpm_alphas_cumprod(VP_NOISE["beta_start"], VP_NOISE["beta_end"], VP_NOISE["num_train_timesteps"])
     return dict(VP_NOISE, type="VPDiscrete",
                 network_input="eps = F(x_k, k, cond), k the float index; continuous t = (k + 1) / 1000 "
@@ -330,6 +349,8 @@ def export(trainer: Trainer, out_dir: str, split: dict, extra: dict | None = Non
     }
     if variant == "edm":
         reference["sigma"] = levels
+    elif variant == "flow":
+        reference["t"] = levels
     else:
         ac = precond.ddpm_alphas_cumprod(VP_NOISE["beta_start"], VP_NOISE["beta_end"],
                                          VP_NOISE["num_train_timesteps"])
@@ -337,7 +358,7 @@ def export(trainer: Trainer, out_dir: str, split: dict, extra: dict | None = Non
         reference["t"] = [(k + 1) / VP_NOISE["num_train_timesteps"] for k in levels]
         reference["sigma_equivalent"] = [float(precond.vp_sigma(k, ac)) for k in levels]
     meta = {
-        "name": "digits" if variant == "edm" else "digits_vp",
+        "name": MODEL_NAMES[variant],
         "variant": variant,
         "weights": os.path.basename(wpath),
         "weights_sha256": sha256_file(wpath),
@@ -367,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("dataset", choices=["digits"], help="training data (scikit-learn's 8x8 digits)")
     p.add_argument("--variant", choices=VARIANTS, required=True, default=argparse.SUPPRESS,
-                   help="edm: EDM preconditioning/loss (Karras et al. 2022); vp: DDPM 1000-step eps-prediction")
+                   help="edm: EDM preconditioning/loss (Karras et al. 2022); vp: DDPM 1000-step eps-prediction; "
+                        "flow: rectified flow, velocity prediction, logit-normal t (SD3)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="total optimisation steps")
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="batch size")
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help="AdamW learning rate after warm-up")
@@ -430,7 +452,8 @@ def main(argv=None) -> int:
     with open(jpath) as f:
         ref = json.load(f)["reference_loss"]
     print(f"wrote {wpath} and {jpath}; {trainer.step} steps in {trainer.elapsed:.0f} s", flush=True)
-    print("reference x0 MSE:", json.dumps(dict(zip(map(str, ref.get("sigma", ref.get("k"))), ref["x0_mse"]))),
+    levels = ref.get("sigma") or ref.get("k") or ref.get("t")
+    print("reference x0 MSE:", json.dumps(dict(zip(map(str, levels), ref["x0_mse"]))),
           flush=True)
     return 0
 
