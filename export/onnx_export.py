@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 
 import ldd_fast
+from ldd_fast.cond import digest, leaves, map_cond, names as cond_input_names, structure
 from ldd_fast.denoiser import Denoiser, check_state
 from ldd_fast.errors import LddFastError
 from ldd_fast.io import check_output_path, locked_temp
@@ -109,6 +110,10 @@ def _resolve(den_or_sampler, solver, order, options):
     return den, solver, order, options
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
 def network_bytes(den: Denoiser) -> int:
     """Bytes of one copy of the network's weights: parameters and floating-point buffers."""
     net = den.net
@@ -123,7 +128,7 @@ def _example_batch(z: torch.Tensor, cond, dynamic_batch: bool):
     # torch.export specialises a dimension whose example size is 0 or 1; trace with 2.
     if dynamic_batch and z.shape[0] == 1:
         z = z.expand(2, *z.shape[1:]).contiguous()
-        cond = None if cond is None else cond.expand(2, *cond.shape[1:]).contiguous()
+        cond = None if cond is None else map_cond(lambda c: c.expand(2, *c.shape[1:]).contiguous(), cond)
     return z, cond
 
 
@@ -139,11 +144,11 @@ def _net_key(den: Denoiser, mod, z, cond, dynamic: bool, opset):
     tensors = list(net.parameters()) + list(net.buffers())
     # In-place updates (optimiser steps, load_state_dict) bump _version; new tensors change id / data_ptr.
     weights = tuple((id(t), t._version, t.data_ptr(), t.dtype, str(t.device)) for t in tensors)
-    null = den.null_cond
-    null = None if null is None else (torch.as_tensor(null).detach().cpu().numpy().tobytes(), str(null.dtype)
-                                      if isinstance(null, torch.Tensor) else type(null).__name__)
+    null = None if den.null_cond is None else digest(den.null_cond)
     return (weights, mod.net_call.guided, null, str(mod.net_dtype), tuple(z.shape[1:]),
-            None if dynamic else z.shape[0], None if cond is None else (str(cond.dtype), tuple(cond.shape[1:])),
+            None if dynamic else z.shape[0],
+            None if cond is None else (str(structure(cond)), tuple((str(c.dtype), tuple(c.shape[1:]))
+                                                                   for c in leaves(cond))),
             dynamic, opset)
 
 
@@ -156,10 +161,10 @@ def _torch_export(module, args, names, dynamic, output_names, opset):
         batch = torch.export.Dim("batch", min=1)
         # One spec per positional input, in order: z / x / cond carry the batch. torch.export sees a
         # forward(z, *args) as two inputs, z and the tuple args, and wants the specs nested alike.
-        specs = [{0: batch} if n in ("z", "x", "cond") else None for n in names]
+        specs = [{0: batch} if n in ("z", "x") or n.startswith("cond") else None for n in names]
         params = list(inspect.signature(module.forward).parameters.values())
         fixed = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        if any(p.kind == p.VAR_POSITIONAL for p in params):
+        if any(p.kind == p.VAR_POSITIONAL for p in params) and len(specs) > len(fixed):
             dynamic_shapes = tuple(specs[:len(fixed)]) + (tuple(specs[len(fixed):]),)
         else:
             dynamic_shapes = tuple(specs)
@@ -207,7 +212,7 @@ def _check_no_subgraphs(graph) -> None:
                               f"the network's forward")
 
 
-def _compose(net, folded, tensors, *, conditional: bool, schedule_as_input: bool):
+def _compose(net, folded, tensors, *, cond_names: list[str], schedule_as_input: bool):
     """Assemble the sampler graph from one exported network call (see the module docstring)."""
     onnx = require("onnx", "ONNX export")
     from onnx import TensorProto, helper, numpy_helper
@@ -215,7 +220,7 @@ def _compose(net, folded, tensors, *, conditional: bool, schedule_as_input: bool
     g = net.graph
     _check_no_subgraphs(g)
     x_name, t_name = g.input[0].name, g.input[1].name
-    cond_name = g.input[2].name if conditional else None
+    traced_cond = [i.name for i in g.input[2:2 + len(cond_names)]]
     raw_names = [o.name for o in g.output]
     if len(raw_names) != folded.n_raw:
         raise ExportError(f"the network call exported {len(raw_names)} outputs, the plan reads {folded.n_raw}")
@@ -284,8 +289,7 @@ def _compose(net, folded, tensors, *, conditional: bool, schedule_as_input: bool
     for i, step in enumerate(folded.steps):
         prefix = f"{_PREFIX}call{i}/"
         mapping = {x_name: regs[step.input], t_name: t_of(i)}
-        if cond_name is not None:
-            mapping[cond_name] = "cond"
+        mapping.update(zip(traced_cond, cond_names))
 
         def rename(name, prefix=prefix, mapping=mapping):
             if name == "" or name in shared:
@@ -322,10 +326,10 @@ def _compose(net, folded, tensors, *, conditional: bool, schedule_as_input: bool
     z_in.name = "z"
     _set_batch_name(z_in)
     inputs = [z_in]
-    if cond_name is not None:
+    for k, name in enumerate(cond_names):
         c_in = onnx.ValueInfoProto()
-        c_in.CopyFrom(g.input[2])
-        c_in.name = "cond"
+        c_in.CopyFrom(g.input[2 + k])
+        c_in.name = name
         _set_batch_name(c_in)
         inputs.append(c_in)
     if schedule_as_input:
@@ -509,7 +513,7 @@ def op_counts(model) -> dict[str, int]:
 
 
 def to_onnx(den_or_sampler, schedule, path, example_z: torch.Tensor, *, solver: str | None = None,
-            order: int | None = None, cond: torch.Tensor | None = None, dynamic_batch: bool = True,
+            order: int | None = None, cond=None, dynamic_batch: bool = True,
             dtype: torch.dtype | None = None, opset: int | None = None, schedule_as_input: bool = False,
             method: str = "compose", force: bool = False, **options) -> OnnxExport:
     """Export the fixed sampler (nfe network calls + baked linear maps) as one ONNX graph.
@@ -521,6 +525,8 @@ def to_onnx(den_or_sampler, schedule, path, example_z: torch.Tensor, *, solver: 
         path: the graph file to write; its data file is written beside it.
         example_z: noise of the sample's shape [B, ...]; fixes the dtype-independent sample shape.
         cond: an example condition [B, ...] (required when the Denoiser guides); makes `cond` a graph input.
+            A structured condition (a tuple / dict of tensors, e.g. SD3's prompt embeddings and pooled
+            projections) becomes one input per tensor: cond_0, cond_1, ... or cond_<key>.
         dynamic_batch: the batch dimension of z / cond / sample is symbolic ("batch").
         dtype: the network's dtype in the graph (default: its own); z, sample and the linear maps
             stay float32 (see export/unroll.py). torch.float16 is the fp16 export.
@@ -539,38 +545,39 @@ def to_onnx(den_or_sampler, schedule, path, example_z: torch.Tensor, *, solver: 
         raise ValueError(f"opset must be an int >= {MIN_OPSET} (torch's ONNX exporter), got {opset!r}")
     if not isinstance(dynamic_batch, bool):
         raise TypeError(f"dynamic_batch must be a bool, got {type(dynamic_batch).__name__}")
-    if cond is not None and (not isinstance(cond, torch.Tensor) or cond.dim() == 0
-                             or cond.shape[0] != example_z.shape[0]):
-        raise ValueError(f"cond must be a tensor with one entry per example (batch {example_z.shape[0]}), got "
-                         f"{tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__}")
+    if cond is not None:
+        den.check_cond(cond, example_z.shape[0])
     if den.guidance_scale != 1.0 and cond is None:
         raise ValueError(f"the Denoiser guides (guidance_scale={den.guidance_scale}): pass an example cond "
                          f"(one condition per sample) so that the graph gets a `cond` input")
     require("onnx", "ONNX export")
     fingerprint = den.fingerprint()
+    cond_spec = "tensor" if cond is None else structure(cond)
+    cond_names = [] if cond is None else cond_input_names(cond)
     mod = unroll(den, schedule, solver=solver, order=order, conditional=cond is not None, dtype=dtype,
-                 schedule_as_input=schedule_as_input, force=force, **options)
+                 schedule_as_input=schedule_as_input, force=force, cond_spec=cond_spec, **options)
     plan, folded = mod.plan, mod.folded
     tensors = schedule_tensors(folded)
-    z, c = _example_batch(example_z.detach().to(STATE_DTYPE), None if cond is None else cond.detach(),
-                          dynamic_batch)
+    z, c = _example_batch(example_z.detach().to(STATE_DTYPE),
+                          None if cond is None else map_cond(torch.Tensor.detach, cond), dynamic_batch)
+    c_leaves = [] if c is None else leaves(c)
     # Export in eval mode (dropout off), leaving the caller's modules as they were.
     was_training = [(m, m.training) for m in mod.modules()]
     mod.eval()
     try:
         if method == "compose":
-            names = ["x", "t_net"] + (["cond"] if c is not None else [])
-            args = [z, tensors["t_net"][0]] + ([c] if c is not None else [])
+            names = ["x", "t_net"] + cond_names
+            args = [z, tensors["t_net"][0]] + c_leaves
             key = _net_key(den, mod, z, c, dynamic_batch, opset)
             cached = _NET_CACHE.get(den.net, {}).get(key) if key is not None else None
             net = cached if cached is not None else _torch_export(
                 mod.net_call, args, names, dynamic_batch, [f"raw{k}" for k in range(folded.n_raw)], opset)
             if cached is None and key is not None and network_bytes(mod.net_call.den) <= _CACHE_MAX_BYTES:
                 _NET_CACHE[den.net] = {key: net}
-            model = _compose(net, folded, tensors, conditional=c is not None, schedule_as_input=schedule_as_input)
+            model = _compose(net, folded, tensors, cond_names=cond_names, schedule_as_input=schedule_as_input)
         else:
-            names = ["z"] + (["cond"] if c is not None else [])
-            args = [z] + ([c] if c is not None else [])
+            names = ["z"] + cond_names
+            args = [z] + c_leaves
             if schedule_as_input:
                 names += ["coef", "init_scale", "t_net"]
                 args += [tensors["coef"], tensors["init_scale"], tensors["t_net"]]
@@ -605,9 +612,12 @@ def to_onnx(den_or_sampler, schedule, path, example_z: torch.Tensor, *, solver: 
         "conditional": c is not None, "schedule_as_input": schedule_as_input,
         "dtype": _DTYPE_NAMES.get(net_dtype, str(net_dtype)), "state_dtype": "float32",
         "sample_shape": list(example_z.shape[1:]), "dynamic_batch": dynamic_batch,
-        "cond_dtype": None if c is None else str(c.dtype).replace("torch.", ""),
+        "cond_dtype": None if c is None else _dtype_name(c_leaves[0].dtype),
+        "cond_shape": None if c is None else list(c_leaves[0].shape[1:]),
+        "cond": None if c is None else {"structure": cond_spec, "names": cond_names,
+                                        "dtypes": [_dtype_name(t.dtype) for t in c_leaves],
+                                        "shapes": [list(t.shape[1:]) for t in c_leaves]},
         "num_classes": den.num_classes if c is not None else None,
-        "cond_shape": None if c is None else list(c.shape[1:]),
         "structure": structure_of(folded), "structure_hash": mod.structure_hash,
         "table_shape": list(table_shape(folded)),
         "tables": {k: v.tolist() for k, v in tensors.items()} if schedule_as_input else None,

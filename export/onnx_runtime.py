@@ -11,7 +11,9 @@ import os
 import numpy as np
 import torch
 
+from ldd_fast.cond import leaves, structure
 from ldd_fast.denoiser import check_condition
+from ldd_fast.errors import ConditionError
 from ldd_fast.sample import check_finite as check_finite_tensor
 
 from ._deps import require
@@ -70,6 +72,10 @@ class OnnxSampler:
         self.providers = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.conditional = bool(self.metadata["conditional"])
+        spec = self.metadata.get("cond")  # version-1 graphs: one tensor input named cond
+        self._cond_spec = spec["structure"] if spec else "tensor"
+        self._cond_names = spec["names"] if spec else ["cond"]
+        self._cond_dtypes = spec["dtypes"] if spec else [self.metadata.get("cond_dtype")]
         self.sample_shape = tuple(self.metadata["sample_shape"])
         self.nfe = int(self.metadata["nfe"])
         self._tables = None
@@ -119,8 +125,11 @@ class OnnxSampler:
         if not self.conditional and cond is not None:
             raise ValueError("this sampler was exported without a condition input; cond must be None")
         if cond is not None:
-            c = cond if isinstance(cond, torch.Tensor) else torch.from_numpy(np.asarray(cond))
-            on_host = c.device.type == "cpu"
+            c = _as_cond(cond)
+            if structure(c) != self._cond_spec:
+                raise ConditionError(f"cond has the structure {structure(c)}, but this graph was exported for "
+                                     f"{self._cond_spec}")
+            on_host = all(t.device.type == "cpu" for t in leaves(c))
             check_condition(c, shape[0], self.metadata.get("num_classes"), values=on_host or self.check_finite)
 
     def __call__(self, z, cond=None):
@@ -132,7 +141,8 @@ class OnnxSampler:
         else:
             feeds = {"z": _to_numpy(z, np.float32)}
             if cond is not None:
-                feeds["cond"] = _to_numpy(cond, _NP.get(self.metadata["cond_dtype"]))
+                for name, dtype, leaf in zip(self._cond_names, self._cond_dtypes, leaves(_as_cond(cond))):
+                    feeds[name] = _to_numpy(leaf, _NP.get(dtype))
             if self._tables is not None:
                 feeds.update(self._tables)
             out = self.session.run(["sample"], feeds)[0]
@@ -149,8 +159,8 @@ class OnnxSampler:
         z = z.to(torch.float32).contiguous()
         inputs = {"z": z}
         if cond is not None:
-            dtype = getattr(torch, self.metadata["cond_dtype"])
-            inputs["cond"] = torch.as_tensor(cond, device=z.device).to(dtype).contiguous()
+            for name, dtype, leaf in zip(self._cond_names, self._cond_dtypes, leaves(_as_cond(cond))):
+                inputs[name] = torch.as_tensor(leaf, device=z.device).to(getattr(torch, dtype)).contiguous()
         if self._tables is not None:
             inputs.update({k: torch.from_numpy(v).to(z.device) for k, v in self._tables.items()})
         for name, t in inputs.items():
@@ -160,6 +170,15 @@ class OnnxSampler:
         torch.cuda.current_stream(z.device).synchronize()
         self.session.run_with_iobinding(binding)
         return out
+
+
+def _as_cond(cond):
+    """A condition of torch tensors or numpy arrays (or a tuple / dict of them) as torch tensors."""
+    if isinstance(cond, (tuple, list)):
+        return type(cond)(_as_cond(c) for c in cond)
+    if isinstance(cond, dict):
+        return {k: _as_cond(v) for k, v in cond.items()}
+    return _as_torch(cond)
 
 
 def _as_torch(x) -> torch.Tensor:

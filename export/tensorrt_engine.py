@@ -26,7 +26,9 @@ import os
 import torch
 
 from ldd_fast.errors import LddFastError
+from ldd_fast.cond import is_cond, leaves, structure
 from ldd_fast.denoiser import check_condition
+from ldd_fast.errors import ConditionError
 from ldd_fast.io import atomic_write_bytes, atomic_write_text, check_output_path, read_json
 from ldd_fast.sample import check_finite
 
@@ -229,7 +231,12 @@ class TensorRTSampler:
             raise TensorRTError(f"{engine_path} is not an ldd_fast sampler engine (inputs {self.inputs}, outputs "
                                 f"{self.outputs})")
         self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
-        self.conditional = "cond" in self.inputs
+        self.cond_names = [n for n in self.inputs if n == "cond" or n.startswith("cond_")]
+        self.conditional = bool(self.cond_names)
+        spec = self.metadata.get("cond")
+        self._cond_spec = spec["structure"] if spec else "tensor"
+        if spec:
+            self.cond_names = spec["names"]
         self._tables = None
         if "coef" in self.inputs:
             tables = self.metadata.get("tables")
@@ -249,7 +256,7 @@ class TensorRTSampler:
                 raise ValueError(f"table {k!r} must have shape {tuple(self._tables[k].shape)}, got {tuple(v.shape)}")
             self._tables[k] = v
 
-    def __call__(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor, cond=None) -> torch.Tensor:
         if not isinstance(z, torch.Tensor) or not z.is_cuda:
             raise ValueError(f"TensorRTSampler runs on CUDA tensors (no host copies); got "
                              f"{z.device if isinstance(z, torch.Tensor) else type(z).__name__}")
@@ -259,8 +266,10 @@ class TensorRTSampler:
             raise ValueError("this engine takes a condition input: pass cond" if self.conditional
                              else "this engine has no condition input; cond must be None")
         if cond is not None:
-            on_host = not isinstance(cond, torch.Tensor) or cond.device.type == "cpu"
-            check_condition(torch.as_tensor(cond), z.shape[0], self.metadata.get("num_classes"),
+            if not is_cond(cond) or structure(cond) != self._cond_spec:
+                raise ConditionError(f"cond must have the structure {self._cond_spec} this engine was built for")
+            on_host = all(c.device.type == "cpu" for c in leaves(cond))
+            check_condition(cond, z.shape[0], self.metadata.get("num_classes"),
                             values=on_host or self.check_finite)
         if self.check_finite:
             check_finite(z, "the noise z")
@@ -270,7 +279,8 @@ class TensorRTSampler:
                              f"{build['max_batch']}]")
         feeds = {"z": z.to(self.dtypes["z"]).contiguous()}
         if cond is not None:
-            feeds["cond"] = cond.to(device=z.device, dtype=self.dtypes["cond"]).contiguous()
+            for name, leaf in zip(self.cond_names, leaves(cond)):
+                feeds[name] = leaf.to(device=z.device, dtype=self.dtypes[name]).contiguous()
         if self._tables is not None:
             feeds.update(self._tables)
         with torch.cuda.device(self.device):

@@ -37,6 +37,7 @@ import json
 import torch
 from torch import nn
 
+from ldd_fast.cond import rebuild
 from ldd_fast.denoiser import Denoiser
 from ldd_fast.errors import LddFastError
 from ldd_fast.plan import FoldedPlan, Plan, fold
@@ -92,6 +93,15 @@ def schedule_tensors(folded: FoldedPlan, dtype: torch.dtype = STATE_DTYPE) -> di
             "t_net": t_net.to(torch.float32)}
 
 
+def rebuild_leaf_count(spec) -> list:
+    """The leaves of a condition structure (placeholders), to count a graph's condition inputs."""
+    if spec == "tensor":
+        return [None]
+    kind, sub = spec
+    parts = sub.values() if kind == "dict" else sub
+    return [x for part in parts for x in rebuild_leaf_count(part)]
+
+
 class NetCall(nn.Module):
     """One network call as the exported graph makes it: (x, t_net, cond) -> raw outputs in the state dtype.
 
@@ -99,14 +109,17 @@ class NetCall(nn.Module):
     The casts to and from the network's dtype are the one precision boundary of the graph.
     """
 
-    def __init__(self, den: Denoiser, *, guided: bool, net_dtype: torch.dtype, state_dtype: torch.dtype):
+    def __init__(self, den: Denoiser, *, guided: bool, net_dtype: torch.dtype, state_dtype: torch.dtype,
+                 cond_spec=None):
         super().__init__()
         self.den = den
         self.guided = guided
         self.net_dtype = net_dtype
         self.state_dtype = state_dtype
+        self.cond_spec = cond_spec  # the condition's structure: its leaves are separate inputs
 
-    def forward(self, x: torch.Tensor, t_net: torch.Tensor, cond=None) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor, t_net: torch.Tensor, *cond_leaves: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cond = rebuild(self.cond_spec, list(cond_leaves)) if cond_leaves else None
         raw = self.den.net_call(x.to(self.net_dtype), t_net, cond)
         return tuple(r.to(self.state_dtype) for r in raw)
 
@@ -119,10 +132,12 @@ class UnrolledSampler(nn.Module):
     """
 
     def __init__(self, den: Denoiser, folded: FoldedPlan, *, conditional: bool, net_dtype: torch.dtype,
-                 schedule_as_input: bool, state_dtype: torch.dtype = STATE_DTYPE):
+                 schedule_as_input: bool, state_dtype: torch.dtype = STATE_DTYPE, cond_spec="tensor"):
         super().__init__()
-        self.net_call = NetCall(den, guided=folded.n_raw == 2, net_dtype=net_dtype, state_dtype=state_dtype)
+        self.net_call = NetCall(den, guided=folded.n_raw == 2, net_dtype=net_dtype, state_dtype=state_dtype,
+                                cond_spec=cond_spec)
         self.conditional = conditional
+        self.n_cond = len(rebuild_leaf_count(cond_spec)) if conditional else 0
         self.net_dtype = net_dtype
         self.state_dtype = state_dtype
         self.schedule_as_input = schedule_as_input
@@ -147,7 +162,7 @@ class UnrolledSampler(nn.Module):
 
     def forward(self, z: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
         args = list(args)
-        cond = args.pop(0) if self.conditional else None
+        cond_leaves, args = args[:self.n_cond], args[self.n_cond:]
         if self.schedule_as_input:
             coef, init_scale, t_net = args
         else:
@@ -158,7 +173,7 @@ class UnrolledSampler(nn.Module):
         z = z.to(self.state_dtype)
         regs = [init_scale[r] * z for r in range(self.n_init)]
         for i in range(self.nfe):
-            raw = self.net_call(regs[self.inputs[i]], t_net[i], cond)
+            raw = self.net_call(regs[self.inputs[i]], t_net[i], *cond_leaves)
             src = regs + list(raw)
             new = []
             for k, sources in enumerate(self.sources[i]):
@@ -175,7 +190,7 @@ class UnrolledSampler(nn.Module):
 
 def unroll(den: Denoiser, schedule: Schedule, *, solver: str | None = None, order: int | None = None,
            conditional: bool | None = None, dtype: torch.dtype | None = None, schedule_as_input: bool = False,
-           force: bool = False, **options) -> UnrolledSampler:
+           force: bool = False, cond_spec="tensor", **options) -> UnrolledSampler:
     """The fixed sampler as an nn.Module mapping unit normal noise z (and cond) to the sample.
 
     Args:
@@ -186,16 +201,19 @@ def unroll(den: Denoiser, schedule: Schedule, *, solver: str | None = None, orde
         dtype: the network's dtype in the module (default: its own); the state stays float32.
             A different dtype works on a copy of the network: the caller's model is not touched.
         schedule_as_input: coefficients and network times become forward arguments.
+        cond_spec: the structure of the condition (`ldd_fast.cond.structure(cond)`; default one
+            tensor): forward takes its leaves as separate arguments, in `ldd_fast.cond.leaves` order.
     """
     unknown = set(options) - {"lower_order_final", "variant", "final"}
     if unknown:
         raise TypeError(f"unknown sampler option(s) {sorted(unknown)}; known: final, lower_order_final, variant")
     plan = plan_for(den, schedule, solver=solver, order=order, force=force, **options)
-    return unroll_plan(den, plan, conditional=conditional, dtype=dtype, schedule_as_input=schedule_as_input)
+    return unroll_plan(den, plan, conditional=conditional, dtype=dtype, schedule_as_input=schedule_as_input,
+                       cond_spec=cond_spec)
 
 
 def unroll_plan(den: Denoiser, plan: Plan, *, conditional: bool | None = None, dtype: torch.dtype | None = None,
-                schedule_as_input: bool = False) -> UnrolledSampler:
+                schedule_as_input: bool = False, cond_spec="tensor") -> UnrolledSampler:
     """`unroll` for an already checked Plan."""
     if not isinstance(den, Denoiser):
         raise TypeError(f"expected an ldd_fast Denoiser, got {type(den).__name__}")
@@ -217,6 +235,6 @@ def unroll_plan(den: Denoiser, plan: Plan, *, conditional: bool | None = None, d
     folded = fold(plan, den, guided=guided and conditional)
     with torch.no_grad():
         mod = UnrolledSampler(den, folded, conditional=conditional, net_dtype=dtype or own,
-                              schedule_as_input=schedule_as_input)
+                              schedule_as_input=schedule_as_input, cond_spec=cond_spec)
     mod.plan, mod.folded = plan, folded
     return mod

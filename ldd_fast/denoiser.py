@@ -23,6 +23,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
+from .cond import is_cond, leaves, map_cond, same_structure, structure
 from .errors import ConditionError, finite_number
 from .noise import EDM, NoiseSchedule, VPDiscrete, as_time
 
@@ -73,7 +74,9 @@ class Denoiser(nn.Module):
         guidance_scale: classifier-free guidance weight w (1 = no guidance); the
             guided output is uncond + w (cond - uncond), one batched network call.
         null_cond: the condition meaning "unconditional" (e.g. a null class label or the
-            empty-prompt embedding), for one example; required when guidance_scale != 1.
+            empty-prompt embedding), for one example, in the structure of cond (a tensor, or a
+            tuple / dict of tensors such as SD3's prompt embeddings and pooled projections);
+            required when guidance_scale != 1.
         sigma_data: EDM's sigma_data (prediction="edm" only).
         num_classes: for a network conditioned on integer class labels, how many labels it
             embeds (the null label included): every executor refuses labels outside
@@ -116,10 +119,17 @@ class Denoiser(nn.Module):
                                         or num_classes < 1):
             raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
         if null_cond is not None:
-            null_cond = torch.as_tensor(null_cond).detach().clone()
-            if null_cond.is_floating_point() and not torch.isfinite(null_cond).all():
+            if not isinstance(null_cond, (tuple, list, dict)):
+                null_cond = torch.as_tensor(null_cond)
+            if not is_cond(null_cond):
+                raise ConditionError(f"null_cond must be a tensor or a tuple / list / dict of tensors, got "
+                                     f"{type(null_cond).__name__}")
+            null_cond = map_cond(lambda c: c.detach().clone(), null_cond)
+            if any(c.is_floating_point() and not torch.isfinite(c).all() for c in leaves(null_cond)):
                 raise ConditionError("null_cond holds NaN or inf")
             if num_classes is not None:
+                if not isinstance(null_cond, torch.Tensor):
+                    raise ConditionError("a model of class labels (num_classes) takes a tensor null_cond")
                 check_labels(null_cond.reshape(-1), num_classes, what="null_cond")
         if sample_shape is not None:
             sample_shape = tuple(sample_shape)
@@ -147,9 +157,9 @@ class Denoiser(nn.Module):
                              "for a Denoiser with another scale")
 
     @property
-    def null_cond(self) -> torch.Tensor | None:
+    def null_cond(self):
         """The unconditional condition (a copy: editing it changes nothing)."""
-        return None if self._null_cond is None else self._null_cond.clone()
+        return None if self._null_cond is None else map_cond(torch.clone, self._null_cond)
 
     @null_cond.setter
     def null_cond(self, value):
@@ -230,24 +240,20 @@ class Denoiser(nn.Module):
             raise TypeError(f"cond was given but {type(self.net).__name__} takes no condition argument")
         if not self.guided(cond):
             return (check_output(self.net(x_in, t_net, cond), x_in),)
-        null = self._null_like(cond)
         pair = torch.cat([x_in, x_in])
-        return halves(self.net(pair, torch.cat([t_net, t_net]), torch.cat([cond, null])), pair)
+        both = map_cond(lambda c, n: torch.cat([c, n]), cond, self._null_like(cond))
+        return halves(self.net(pair, torch.cat([t_net, t_net]), both), pair)
 
-    def _null_like(self, cond: torch.Tensor) -> torch.Tensor:
-        key = (cond.device, cond.dtype)
+    def _null_like(self, cond):
+        """null_cond on cond's device and dtype, one row per sample (placed once per device and dtype)."""
+        first = leaves(cond)[0]
+        key = (first.device, tuple(c.dtype for c in leaves(cond)), repr(structure(cond)))
         if getattr(self, "_null_cache", (None,))[0] != key:  # one host-to-device copy, not one per call
-            null = self._null_cond.to(cond.device)
-            if null.dtype != cond.dtype and null.is_floating_point():
-                null = null.to(cond.dtype)
-            self._null_cache = (key, null)
-        null = self._null_cache[1]
-        if null.shape == cond.shape:
-            return null
-        if null.shape == cond.shape[1:]:
-            return null.expand(cond.shape)
-        raise ValueError(f"null_cond of shape {tuple(null.shape)} fits neither cond {tuple(cond.shape)} "
-                         f"nor one example {tuple(cond.shape[1:])}")
+            if not same_structure(cond, self._null_cond):
+                raise ConditionError(f"cond has the structure {structure(cond)}, null_cond "
+                                     f"{structure(self._null_cond)}")
+            self._null_cache = (key, map_cond(_like, self._null_cond, cond))
+        return map_cond(expand_null, self._null_cache[1], cond)
 
     # ----- the contract -----------------------------------------------------------------
 
@@ -333,16 +339,39 @@ def halves(out, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out[:batch], out[batch:]
 
 
+def _like(null: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    null = null.to(cond.device)
+    return null.to(cond.dtype) if null.dtype != cond.dtype and null.is_floating_point() else null
+
+
+def expand_null(null: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """One leaf of null_cond for every sample of cond: as is when batched already, else expanded."""
+    if null.shape == cond.shape:
+        return null
+    if null.shape == cond.shape[1:]:
+        return null.expand(cond.shape)
+    raise ConditionError(f"null_cond of shape {tuple(null.shape)} fits neither cond {tuple(cond.shape)} "
+                         f"nor one example {tuple(cond.shape[1:])}")
+
+
 def check_condition(cond, batch: int, num_classes: int | None, *, values: bool = True) -> None:
-    """A ConditionError unless cond fits a model: one condition per sample; for a model of class labels
-    (num_classes set) integer labels [batch] within [0, num_classes); otherwise finite values.
-    values=False skips what needs the data itself (labels and finiteness), which for a tensor on an
-    accelerator would synchronise the host. Every executor (eager, Sampler, ONNX, TensorRT) calls this."""
+    """A ConditionError unless cond fits a model: a tensor or a tuple / list / dict of tensors, every leaf
+    with one row per sample; for a model of class labels (num_classes set) integer labels [batch] within
+    [0, num_classes); otherwise finite values. values=False skips what needs the data itself (labels and
+    finiteness), which for a tensor on an accelerator would synchronise the host. Every executor
+    (eager, Sampler, ONNX, TensorRT) calls this."""
     if cond is None:
         return
-    if not isinstance(cond, torch.Tensor) or cond.dim() == 0 or cond.shape[0] != batch:
-        shape = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
-        raise ConditionError(f"cond must be a tensor with one entry per sample ({batch}), got {shape}")
+    if not is_cond(cond) or any(c.dim() == 0 or c.shape[0] != batch for c in leaves(cond)):
+        shape = [tuple(c.shape) for c in leaves(cond)] if is_cond(cond) else type(cond).__name__
+        raise ConditionError(f"cond must be a tensor (or a tuple / list / dict of tensors) with one entry per "
+                             f"sample ({batch}), got {shape}")
+    if not isinstance(cond, torch.Tensor):
+        if num_classes is not None:
+            raise ConditionError("this model takes integer class labels as cond, not a structure")
+        if values and any(c.is_floating_point() and not _all_finite(c) for c in leaves(cond)):
+            raise ConditionError("cond holds NaN or inf")
+        return
     if num_classes is not None:
         if cond.is_floating_point() or cond.is_complex() or cond.dtype == torch.bool or cond.dim() != 1:
             raise ConditionError(f"cond must be integer class labels of shape [batch] for this model, got "

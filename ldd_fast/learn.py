@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from . import solvers
+from .cond import map_cond
 from .denoiser import Denoiser
 from .errors import StateFileError
 from .io import Fields, load_state, save_state
@@ -232,7 +233,7 @@ class LD3Trainer:
         return self.dist(self.student(z, cond), y)
 
     def _cond(self, data: TeacherData, idx):
-        return None if data.cond is None else data.cond[idx].to(self.device)
+        return None if data.cond is None else map_cond(lambda c: c[idx].to(self.device), data.cond)
 
     # ----- one round ------------------------------------------------------------------
 

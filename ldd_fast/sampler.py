@@ -42,7 +42,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .denoiser import Denoiser, halves
+from .cond import is_cond, leaves, map_cond, same_structure, structure
+from .denoiser import Denoiser, expand_null, halves
+from .errors import ConditionError
 from .plan import FoldedPlan, Plan, fold
 from .sample import check_finite, check_noise, plan_for
 from .schedule import Schedule
@@ -257,7 +259,8 @@ class Sampler:
         self.programs = {False: self._build(fold(self.plan, den, guided=False), False)}
         if den.guidance_scale != 1.0:
             self.programs[True] = self._build(fold(self.plan, den, guided=True), True)
-            self._null = den.null_cond.to(self.device)  # placed once: a per-call host-to-device copy would sync
+            # Placed once: a per-call host-to-device copy would sync.
+            self._null = map_cond(lambda c: c.to(self.device), den.null_cond)
             self._null_by_dtype = {}
         self.sample_shape: tuple[int, ...] | None = None
         self._graphs: dict = {}
@@ -297,7 +300,7 @@ class Sampler:
     # ----- calling ----------------------------------------------------------------------------
 
     def _check(self, z: torch.Tensor, cond) -> None:
-        on_host = cond is None or not isinstance(cond, torch.Tensor) or cond.device.type == "cpu"
+        on_host = cond is None or not is_cond(cond) or all(c.device.type == "cpu" for c in leaves(cond))
         check_noise(z, cond, self.den, values=self.check_finite or on_host)
         if z.dtype != self.dtype:
             raise TypeError(f"z has dtype {z.dtype}, but this Sampler was built for {self.dtype} (its tables are "
@@ -337,17 +340,14 @@ class Sampler:
         """cond, or [cond, null] for the guided network's one batched call (made once per sampler call)."""
         if not guided:
             return cond
-        null = self._null
-        if null.dtype != cond.dtype and null.is_floating_point():
-            if cond.dtype not in self._null_by_dtype:
-                self._null_by_dtype[cond.dtype] = null.to(cond.dtype)
-            null = self._null_by_dtype[cond.dtype]
-        if null.shape == cond.shape[1:]:
-            null = null.expand(cond.shape)
-        elif null.shape != cond.shape:
-            raise ValueError(f"null_cond of shape {tuple(null.shape)} fits neither cond {tuple(cond.shape)} "
-                             f"nor one example {tuple(cond.shape[1:])}")
-        return torch.cat([cond, null])
+        key = (tuple(c.dtype for c in leaves(cond)), repr(structure(cond)))
+        if key not in self._null_by_dtype:
+            if not same_structure(cond, self._null):
+                raise ConditionError(f"cond has the structure {structure(cond)}, null_cond {structure(self._null)}")
+            self._null_by_dtype[key] = map_cond(
+                lambda n, c: n.to(c.dtype) if n.dtype != c.dtype and n.is_floating_point() else n, self._null, cond)
+        null = map_cond(expand_null, self._null_by_dtype[key], cond)
+        return map_cond(lambda c, n: torch.cat([c, n]), cond, null)
 
     def _network(self, tabs: dict, cond, guided: bool):
         den, t_net = self.den, tabs["t_net"]
@@ -400,7 +400,8 @@ class Sampler:
     # ----- CUDA graphs ------------------------------------------------------------------------
 
     def _graph_call(self, z: torch.Tensor, cond, guided: bool) -> torch.Tensor:
-        key = (z.shape[0], guided, None if cond is None else (tuple(cond.shape), cond.dtype))
+        key = (z.shape[0], guided, None if cond is None else
+               (str(structure(cond)), tuple((tuple(c.shape), c.dtype) for c in leaves(cond))))
         graph = self._graphs.get(key)
         if graph is None:
             graph = self._graphs[key] = _CapturedSampler(self, z, cond, guided)
@@ -423,7 +424,7 @@ class _CapturedSampler:
 
     def __init__(self, sampler: Sampler, z: torch.Tensor, cond, guided: bool):
         self.z = z.detach().clone().contiguous()
-        self.cond = None if cond is None else cond.detach().clone()
+        self.cond = None if cond is None else map_cond(lambda c: c.detach().clone(), cond)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -438,7 +439,8 @@ class _CapturedSampler:
     def __call__(self, z: torch.Tensor, cond) -> torch.Tensor:
         self.z.copy_(z)
         if cond is not None:
-            self.cond.copy_(cond)
+            for static, new in zip(leaves(self.cond), leaves(cond)):
+                static.copy_(new)
         self.graph.replay()
         return self.out.clone()
 

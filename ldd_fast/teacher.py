@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .cond import batch_size as cond_rows, digest, is_cond, leaves, map_cond
 from .denoiser import Denoiser
 from .io import Fields, load_state, save_state
 from .progress import progress
@@ -37,14 +38,15 @@ class TeacherSpec:
 class TeacherData:
     z: torch.Tensor               # unit-normal noise, [n, *shape]
     y: torch.Tensor               # teacher samples, [n, *shape]
-    cond: torch.Tensor | None     # per-pair condition, or None
+    cond: object                  # per-pair condition (a tensor or a tuple / dict of them), or None
     info: dict                    # spec, seed, model fingerprint, guidance, null condition
 
     def __len__(self):
         return self.z.shape[0]
 
     def subset(self, idx) -> "TeacherData":
-        return TeacherData(self.z[idx], self.y[idx], None if self.cond is None else self.cond[idx], self.info)
+        cond = None if self.cond is None else map_cond(lambda c: c[idx], self.cond)
+        return TeacherData(self.z[idx], self.y[idx], cond, self.info)
 
     def save(self, path) -> None:
         save_state(path, KIND, {"z": self.z, "y": self.y, "cond": self.cond, "info": self.info})
@@ -58,9 +60,12 @@ class TeacherData:
         if z.dim() < 2 or z.shape[0] < 1:
             raise f.error("z", f"expected [n, *sample_shape] with n >= 1, got shape {tuple(z.shape)}")
         y = f.tensor("y", shape=z.shape, floating=True, finite=True)
-        cond = f.tensor("cond", finite=True, optional=True)
-        if cond is not None and (cond.dim() == 0 or cond.shape[0] != z.shape[0]):
-            raise f.error("cond", f"expected one condition per pair ({z.shape[0]}), got shape {tuple(cond.shape)}")
+        cond = f.get("cond", (torch.Tensor, tuple, list, dict), optional=True)
+        if cond is not None:
+            if not is_cond(cond) or cond_rows(cond) != z.shape[0]:
+                raise f.error("cond", f"expected one condition per pair ({z.shape[0]}) in every tensor")
+            if any(c.is_floating_point() and not torch.isfinite(c).all() for c in leaves(cond)):
+                raise f.error("cond", "holds NaN or inf")
         info = f.sub("info")
         n = info.int("n", 1)
         shape = info.get("shape", list)
@@ -88,7 +93,8 @@ def make_teacher(den: Denoiser, shape, n: int, *, spec: TeacherSpec | None = Non
                  batch_size: int = 64, device=None, dtype=torch.float32, show_progress: bool = True) -> TeacherData:
     """Solve n seeded noises with the teacher sampler; sharded over a torch.distributed group if one is set up.
 
-    cond: None, a tensor with one condition per pair ([n, ...]), or a callable (n, generator) -> tensor.
+    cond: None, one condition per pair (a tensor [n, ...] or a tuple / dict of them), or a callable
+    (n, generator) -> such a condition.
     """
     spec = spec or TeacherSpec()
     if n < 1:
@@ -99,9 +105,9 @@ def make_teacher(den: Denoiser, shape, n: int, *, spec: TeacherSpec | None = Non
     z = noise_for(n, shape, seed)
     if callable(cond):
         cond = cond(n, torch.Generator().manual_seed(int(seed) + 1))
-    if cond is not None and (not isinstance(cond, torch.Tensor) or cond.shape[0] != n):
-        raise ValueError(f"cond must hold one condition per pair ({n}), got "
-                         f"{tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__}")
+    if cond is not None and (not is_cond(cond) or cond_rows(cond) != n):
+        got = [tuple(c.shape) for c in leaves(cond)] if is_cond(cond) else type(cond).__name__
+        raise ValueError(f"cond must hold one condition per pair ({n}), got {got}")
     sched = discretize(den.noise, spec.nfe, spec.kind, solver=spec.solver, final=spec.final)
     plan = plan_for(den, sched, solver=spec.solver, order=spec.order)
     rank, world = _rank_world()
@@ -112,7 +118,7 @@ def make_teacher(den: Denoiser, shape, n: int, *, spec: TeacherSpec | None = Non
         for start in progress(range(0, len(mine), batch_size), desc=f"teacher {spec.solver}{spec.order} "
                               f"nfe={spec.nfe}", disable=not show_progress or rank != 0):
             idx = mine[start:start + batch_size]
-            c = None if cond is None else cond[idx].to(device)
+            c = None if cond is None else map_cond(lambda v: v[idx].to(device), cond)
             out.append(run_plan(plan, den, z[idx].to(device, dtype), c).float().cpu())
     y_mine = torch.cat(out) if out else torch.empty((0, *shape))
     if world > 1:
@@ -123,11 +129,12 @@ def make_teacher(den: Denoiser, shape, n: int, *, spec: TeacherSpec | None = Non
             y[idx] = part
     else:
         y = y_mine
-    return TeacherData(z, y, None if cond is None else cond.cpu(), teacher_info(den, spec, shape, n, seed))
+    cond = None if cond is None else map_cond(lambda v: v.cpu(), cond)
+    return TeacherData(z, y, cond, teacher_info(den, spec, shape, n, seed))
 
 
 def teacher_info(den: Denoiser, spec: TeacherSpec, shape, n: int, seed: int) -> dict:
     """What identifies a set of teacher pairs (stored with them, compared before they are reused)."""
     return {"teacher": spec.describe(), "seed": int(seed), "n": int(n), "shape": [int(s) for s in shape],
             "fingerprint": den.fingerprint(), "guidance_scale": den.guidance_scale,
-            "null_cond": None if den.null_cond is None else torch.as_tensor(den.null_cond).tolist()}
+            "null_cond_sha256": None if den.null_cond is None else digest(den.null_cond)}
