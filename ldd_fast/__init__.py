@@ -8,6 +8,7 @@ from .plan import Plan
 from .solvers import SOLVERS, make_plan
 from .sample import plan_for, run_plan, sample
 from .adapters import from_diffusers
+from .pipelines import from_pipeline
 from .diffusers_scheduler import to_diffusers_scheduler
 from .sampler import Sampler
 from .learn import LD3Config, LearnResult, learn
@@ -21,7 +22,7 @@ __all__ = [
     "Plan", "SOLVERS", "make_plan", "sample", "plan_for", "run_plan",
     "LddFastError", "ScheduleError", "IncompatibleSchedule", "NoiseScheduleError", "StateFileError", "ConditionError",
     "NonFiniteSample",
-    "from_diffusers", "to_diffusers_scheduler", "Sampler",
+    "from_diffusers", "from_pipeline", "to_diffusers_scheduler", "Sampler",
     "learn", "LD3Config", "LearnResult", "TeacherSpec", "TeacherData", "make_teacher",
 ]
 

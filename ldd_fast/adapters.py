@@ -1,4 +1,6 @@
-"""Adapters from other ecosystems to the one Denoiser contract: diffusers UNets and DDPM-family schedulers.
+"""Adapters from other ecosystems to the one Denoiser contract: diffusers UNets with their DDPM-family
+schedulers, and the flow-matching transformers of Stable Diffusion 3 and Flux with their
+FlowMatchEulerDiscreteScheduler.
 
 diffusers is never imported here: a UNet and a scheduler are recognised by their
 class names and `config` (duck typing), so the core stays importable without it.
@@ -12,7 +14,8 @@ import torch
 from torch import nn
 
 from .denoiser import Denoiser
-from .noise import VPDiscrete
+from .errors import ConditionError
+from .noise import RectifiedFlow, VPDiscrete
 
 # diffusers' prediction_type -> our prediction; our own names are accepted as they are.
 PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
@@ -161,9 +164,103 @@ def _alphas_cumprod(scheduler) -> torch.Tensor:
     return _alphas_cumprod_from_config(cfg)
 
 
+FLOW_TRANSFORMERS = ("SD3Transformer2DModel", "FluxTransformer2DModel")
+
+
+def flux_image_ids(height: int, width: int) -> torch.Tensor:
+    """Flux's rotary position ids of a packed latent of (height / 2) x (width / 2) tokens: (0, row, column)
+    per token, row-major (FluxPipeline._prepare_latent_image_ids), float32 [tokens, 3]."""
+    rows, cols = torch.meshgrid(torch.arange(height // 2), torch.arange(width // 2), indexing="ij")
+    return torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).float()
+
+
+class DiffusersTransformer(nn.Module):
+    """A Stable Diffusion 3 or Flux transformer as net(x, t_net, cond) -> the flow velocity.
+
+    cond = (prompt_embeds [B, L, D], pooled_projections [B, P]), as the pipelines' encode_prompt
+    returns them. SD3 takes the latent [B, C, H, W] and t_net = 1000 t; Flux takes the packed latent
+    [B, (H / 2)(W / 2), 4C] and t_net = t, and its position ids and embedded guidance are constants of
+    this adapter (buffers: part of the model's fingerprint, so a schedule learned for one guidance or
+    resolution refuses another). The transformer runs in its own dtype; the output is cast back.
+    """
+
+    def __init__(self, transformer: nn.Module, kind: str, *, latent_size: tuple[int, int] | None = None,
+                 embedded_guidance: float | None = None):
+        super().__init__()
+        self.transformer, self.kind = transformer, kind
+        if kind == "flux":
+            if latent_size is None:
+                raise ValueError("a Flux transformer needs latent_size=(height, width) of the unpacked latent "
+                                 "(image size / 8): its position ids depend on it")
+            h, w = (int(v) for v in latent_size)
+            if h < 2 or w < 2 or h % 2 or w % 2:
+                raise ValueError(f"latent_size must be even and >= 2 (Flux packs 2 x 2 patches), got {latent_size}")
+            self.latent_size = (h, w)
+            self.register_buffer("img_ids", flux_image_ids(h, w))
+            wants = bool(_get(transformer.config, "guidance_embeds", False))
+            if wants and embedded_guidance is None:
+                raise ValueError("this Flux transformer embeds guidance (guidance_embeds=True): pass "
+                                 "embedded_guidance (the pipeline's guidance_scale, e.g. 3.5)")
+            if not wants and embedded_guidance is not None:
+                raise ValueError("this Flux transformer has no guidance embedding (guidance_embeds=False); "
+                                 "embedded_guidance must be None")
+            self.register_buffer("embedded_guidance", None if embedded_guidance is None else
+                                 torch.tensor(float(embedded_guidance)))
+
+    def forward(self, x: torch.Tensor, t_net: torch.Tensor, cond=None) -> torch.Tensor:
+        if not (isinstance(cond, (tuple, list)) and len(cond) == 2
+                and all(isinstance(c, torch.Tensor) for c in cond)):
+            raise ConditionError("the condition of an SD3 / Flux transformer is (prompt_embeds [B, L, D], "
+                                 "pooled_projections [B, P]), as its pipeline's encode_prompt returns them")
+        embeds, pooled = cond
+        dtype = getattr(self.transformer, "dtype", None) or next(self.transformer.parameters()).dtype
+        common = dict(hidden_states=x.to(dtype), timestep=t_net.to(dtype), encoder_hidden_states=embeds.to(dtype),
+                      pooled_projections=pooled.to(dtype), return_dict=False)
+        if self.kind == "sd3":
+            return self.transformer(**common)[0].to(x.dtype)
+        txt_ids = torch.zeros(embeds.shape[1], 3, device=x.device, dtype=self.img_ids.dtype)
+        guidance = None if self.embedded_guidance is None else \
+            self.embedded_guidance.to(dtype).expand(x.shape[0])
+        return self.transformer(**common, img_ids=self.img_ids, txt_ids=txt_ids, guidance=guidance)[0].to(x.dtype)
+
+
+def _flow_from_diffusers(transformer, scheduler, *, guidance_scale, null_cond, latent_size, embedded_guidance):
+    names = _class_names(transformer)
+    kind = "flux" if "FluxTransformer2DModel" in names else "sd3"
+    cfg = scheduler if isinstance(scheduler, Mapping) else getattr(scheduler, "config", None)
+    if cfg is None or (not isinstance(scheduler, Mapping) and "FlowMatchEulerDiscreteScheduler"
+                       not in _class_names(scheduler) and _get(cfg, "shift") is None):
+        raise TypeError(f"a {type(transformer).__name__} samples with a FlowMatchEulerDiscreteScheduler (or its "
+                        f"config dict), got {type(scheduler).__name__}")
+    if _get(cfg, "invert_sigmas", False) or _get(cfg, "shift_terminal"):
+        raise ValueError("invert_sigmas / shift_terminal change the flow's time axis; not supported")
+    n_train = int(_get(cfg, "num_train_timesteps", 1000))
+    noise = RectifiedFlow(t_min=1.0 / n_train)
+    net = DiffusersTransformer(transformer, kind, latent_size=latent_size, embedded_guidance=embedded_guidance)
+    channels = int(_get(transformer.config, "in_channels"))
+    if kind == "flux":
+        h, w = net.latent_size
+        shape = (h // 2 * (w // 2), channels)
+    else:
+        size = int(_get(transformer.config, "sample_size"))
+        shape = (channels, *(latent_size or (size, size)))
+    # Both pipelines feed their transformer 1000 t (SD3) or t (Flux; the pipeline divides by 1000).
+    return Denoiser(net, noise, prediction="flow", time_input="t1000" if kind == "sd3" else "t",
+                    guidance_scale=guidance_scale, null_cond=null_cond, sample_shape=shape)
+
+
 def from_diffusers(unet, scheduler, *, guidance_scale: float = 1.0, null_cond=None,
-                   prediction: str | None = None) -> Denoiser:
-    """A Denoiser for a diffusers UNet2DModel / UNet2DConditionModel and its DDPM-family scheduler.
+                   prediction: str | None = None, latent_size: tuple[int, int] | None = None,
+                   embedded_guidance: float | None = None) -> Denoiser:
+    """A Denoiser for a diffusers UNet2DModel / UNet2DConditionModel and its DDPM-family scheduler, or for
+    an SD3Transformer2DModel / FluxTransformer2DModel and its FlowMatchEulerDiscreteScheduler.
+
+    Flow transformers: lf.RectifiedFlow (t_min = 1 / num_train_timesteps, t_max = 1), prediction
+    "flow" (the velocity), time input 1000 t (SD3) or t (Flux), cond = (prompt_embeds,
+    pooled_projections); null_cond the negative prompt's pair for classifier-free guidance.
+    latent_size: the unpacked latent's (height, width) (image size / 8); required for Flux, whose
+    state is the packed latent [B, (h / 2)(w / 2), 4C] and whose position ids depend on it.
+    embedded_guidance: Flux-dev's guidance input (its pipeline's guidance_scale), fixed here.
 
     Conventions:
       - noise schedule: VPDiscrete(scheduler.alphas_cumprod): the training index k in
@@ -187,6 +284,11 @@ def from_diffusers(unet, scheduler, *, guidance_scale: float = 1.0, null_cond=No
         solver order) are not part of the model and are ignored: choose them with the
         Schedule and the solver.
     """
+    if _class_names(unet) & set(FLOW_TRANSFORMERS):
+        return _flow_from_diffusers(unet, scheduler, guidance_scale=guidance_scale, null_cond=null_cond,
+                                    latent_size=latent_size, embedded_guidance=embedded_guidance)
+    if latent_size is not None or embedded_guidance is not None:
+        raise ValueError("latent_size and embedded_guidance belong to the flow transformers (SD3, Flux)")
     kind = _unet_kind(unet)
     cfg = unet.config
     in_ch, out_ch = _get(cfg, "in_channels"), _get(cfg, "out_channels", _get(cfg, "in_channels"))

@@ -26,7 +26,7 @@ from .io import check_output_path
 from .solvers import SOLVERS
 
 KIND_CHOICES = ("time_uniform", "time_quadratic", "logsnr", "edm")
-BUILTIN = ("digits", "digits_vp")
+BUILTIN = ("digits", "digits_vp", "digits_flow")
 DIFFUSERS_NETWORKS = ("UNet2DModel", "UNet2DConditionModel")
 SEED_MAX = 2**63 - 1
 
@@ -83,8 +83,10 @@ def build_parser() -> Parser:
 
     def model_args(sp):
         sp.add_argument("--model", default="digits",
-                        help="digits | digits_vp | module.path:factory | local diffusers folder")
-        sp.add_argument("--guidance", type=_finite_float, default=1.0, help="classifier-free guidance scale (1: off)")
+                        help="digits | digits_vp | digits_flow | module.path:factory | local diffusers folder")
+        sp.add_argument("--guidance", type=_finite_float, default=None,
+                        help="classifier-free guidance scale (default: 1, off; with --pipeline the pipeline's "
+                             "guidance_scale, e.g. 7.5 for Stable Diffusion, Flux's embedded 3.5)")
         sp.add_argument("--shape", type=POSITIVE, nargs="+", help="sample shape C H W if the model does not say it")
 
     def solver_args(sp, default="unipc"):
@@ -130,6 +132,16 @@ def build_parser() -> Parser:
     le.add_argument("--teacher-nfe", type=POSITIVE, default=20)
     le.add_argument("--seed", type=SEED, default=0)
     le.add_argument("--checkpoint-calls", action="store_true", help="recompute network activations in backward")
+    le.add_argument("--pipeline", help="a local diffusers pipeline folder (Stable Diffusion, SD3 or Flux; safetensors "
+                                       "weights, nothing fetched) instead of --model; needs --prompts")
+    le.add_argument("--prompts", help="with --pipeline: a text file, one prompt per line (split between training "
+                                      "and validation pairs, disjoint)")
+    le.add_argument("--negative-prompt", default="", help="with --pipeline: the null condition of guidance")
+    le.add_argument("--height", type=POSITIVE, help="with --pipeline: image height (default: the pipeline's)")
+    le.add_argument("--width", type=POSITIVE, help="with --pipeline: image width (default: the pipeline's)")
+    le.add_argument("--max-sequence-length", type=POSITIVE, help="with --pipeline: T5 prompt length (SD3, Flux)")
+    le.add_argument("--pixel-loss", action="store_true",
+                    help="with --pipeline: the distance on decoded images instead of latents (slower)")
     le.set_defaults(func=cmd_learn, validate=_validate_learn)
 
     from .quality import MODELS, QUICK, FULL, SOLVERS as QUALITY_SOLVERS, solver_label
@@ -171,7 +183,7 @@ def build_parser() -> Parser:
 
 
 def _validate_sample(args) -> None:
-    if args.guidance != 1.0 and args.label is None:
+    if args.guidance not in (None, 1.0) and args.label is None:
         raise CLIError("--guidance needs --label: guidance steers samples toward a condition, and without one "
                        "there is nothing to steer toward")
     if not args.out.endswith((".png", ".pt")):
@@ -180,9 +192,21 @@ def _validate_sample(args) -> None:
         raise CLIError("--shape needs at least one dimension")
 
 
+PIPELINE_ONLY = ("prompts", "height", "width", "max_sequence_length", "pixel_loss")
+
+
 def _validate_learn(args) -> None:
     if not args.out.endswith(".json"):
         raise CLIError(f"--out {args.out}: the learned schedule is a .json file")
+    if args.pipeline is None:
+        given = [f"--{k.replace('_', '-')}" for k in PIPELINE_ONLY if getattr(args, k) not in (None, False)]
+        if given or args.negative_prompt:
+            raise CLIError(f"{', '.join(given) or '--negative-prompt'} belong to --pipeline")
+    else:
+        if args.prompts is None:
+            raise CLIError("--pipeline needs --prompts (a text file, one prompt per line)")
+        if args.shape is not None:
+            raise CLIError("--shape does not apply to --pipeline: the latent shape follows --height and --width")
 
 
 def _validate_quality(args) -> None:
@@ -371,6 +395,49 @@ def load_schedule(spec: str, den, nfe: int | None, solver: str):
     raise CLIError(f"--schedule {spec!r}: expected one of {', '.join(KIND_CHOICES)} or a schedule .json file")
 
 
+def _guidance(args) -> float:
+    return 1.0 if args.guidance is None else args.guidance
+
+
+def _read_prompts(path: str) -> list[str]:
+    from .io import read_text
+
+    prompts = [line.strip() for line in read_text(path, "--prompts file").splitlines() if line.strip()]
+    if not prompts:
+        raise CLIError(f"--prompts {path}: no prompts (one per line)")
+    return prompts
+
+
+def _load_pipeline(args):
+    """A local diffusers pipeline folder through lf.from_pipeline (safetensors only, no custom code)."""
+    from .io import read_json
+    from .pipelines import PIPELINES, from_pipeline
+
+    path = args.pipeline
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        raise CLIError(f"--pipeline {path}: no model_index.json (a folder written by pipe.save_pretrained)")
+    cls_name = read_json(index, "pipeline index").get("_class_name")
+    if cls_name not in PIPELINES:
+        raise CLIError(f"--pipeline {path}: {index} names {cls_name!r}; ldd-fast loads only {', '.join(PIPELINES)}")
+    try:
+        import diffusers
+    except ImportError:
+        raise CLIError("--pipeline needs the [diffusers] extra and transformers") from None
+    logs = diffusers.utils.logging
+    verbosity = logs.get_verbosity()
+    logs.set_verbosity(logs.CRITICAL)
+    try:
+        pipe = getattr(diffusers, cls_name).from_pretrained(path, local_files_only=True, use_safetensors=True)
+    except Exception as e:  # noqa: BLE001 - diffusers / transformers raise many types
+        raise CLIError(f"--pipeline {path}: cannot load the {cls_name} ({type(e).__name__}: {_first_line(e)}); "
+                       f"ldd-fast reads safetensors weights only") from None
+    finally:
+        logs.set_verbosity(verbosity)
+    return from_pipeline(pipe, height=args.height, width=args.width, guidance_scale=args.guidance,
+                         negative_prompt=args.negative_prompt, max_sequence_length=args.max_sequence_length)
+
+
 def _labels(den, label: int | None, n: int):
     """--label as one condition per sample, checked against the model as every executor checks it."""
     if label is None:
@@ -393,7 +460,7 @@ def cmd_sample(args) -> int:
     from .teacher import noise_for
 
     out = check_output_path(args.out, "--out")
-    den = load_model(args.model, guidance=args.guidance)
+    den = load_model(args.model, guidance=_guidance(args))
     sched = load_schedule(args.schedule, den, args.nfe, args.solver or "unipc")
     solver = args.solver or sched.solver or "unipc"
     cond = _labels(den, args.label, args.n)
@@ -421,13 +488,16 @@ def cmd_learn(args) -> int:
     if os.path.exists(work) and not os.path.isdir(work):
         raise CLIError(f"--work-dir {work}: exists and is not a folder")
     init = None if args.init == "uniform" else "best" if args.init == "best" else Schedule.load(args.init)
-    den = load_model(args.model, guidance=args.guidance)
+    prompts = _read_prompts(args.prompts) if args.pipeline else None
+    den = _load_pipeline(args) if args.pipeline else load_model(args.model, guidance=_guidance(args))
     if args.resume and not any(os.path.isfile(os.path.join(work, sub, CHECKPOINT))
                                for sub in ("", "lambda", "time")):
         print(f"--resume: no checkpoint in {work} yet; starting a new run", flush=True)
     teacher = TeacherSpec(solver=args.teacher_solver, order=args.teacher_order, nfe=args.teacher_nfe, kind="edm")
     cond = None
-    if args.guidance != 1.0:
+    if prompts is not None:
+        cond = den.encode_prompt(prompts)
+    elif args.guidance not in (None, 1.0):
         if den.num_classes is None:
             raise CLIError("--guidance in `learn` draws a class label per teacher pair and needs a model "
                            "conditioned on class labels; use the Python API (lf.learn(..., cond=...)) otherwise")
@@ -437,7 +507,8 @@ def cmd_learn(args) -> int:
     res = learn(den, solver=args.solver, order=args.order, nfe=args.nfe, shape=sample_shape(den, args.shape),
                 mode=args.mode, teacher=teacher, n_train=args.n_train, n_valid=args.n_valid, loss=args.loss,
                 cond=cond, init=init, out=work, resume=args.resume, seed=args.seed,
-                checkpoint_calls=args.checkpoint_calls, **({"variant": args.variant} if args.variant else {}))
+                decoder=den.decode if args.pixel_loss else None, checkpoint_calls=args.checkpoint_calls,
+                **({"variant": args.variant} if args.variant else {}))
     res.schedule.save(out)
     m = res.schedule.metrics
     print(f"learned {args.solver} nfe={args.nfe}: held-out {m['loss']} {m['valid_hard_init']:.4f} -> "

@@ -6,8 +6,14 @@ Euler, Heun, DPM-Solver++) on any Schedule, learned t_eval included, at continuo
 
 Contract with a pipeline's denoising loop:
   - `set_timesteps(nfe)` (the schedule fixes nfe; another num_inference_steps is an error),
-    then `timesteps` holds, per network call, what the UNet receives: the model's time input
-    at t_eval (for a DDPM-family UNet the continuous index N t_eval - 1, float32, never rounded).
+    then `timesteps` holds, per network call, what the pipeline reads as its timestep: the model's
+    time input at t_eval for a UNet (for a DDPM-family UNet the continuous index N t_eval - 1,
+    float32, never rounded), and 1000 t_eval for a flow (what StableDiffusion3Pipeline feeds its
+    transformer and FluxPipeline divides by 1000 before feeding its own).
+  - flow pipelines call `set_timesteps(..., sigmas=..., mu=...)` with their own grid (FluxPipeline
+    always passes `sigmas`); the scheduler accepts and ignores both: the times are the schedule's,
+    which is the point of a learned schedule (it replaces the pipeline's grid and its resolution
+    shift). `timesteps=` is an error: there is no way to honour it.
   - the loop's starting noise is `init_noise_sigma * z` (1 for VP, sigma_max for EDM).
   - `scale_model_input(sample, t)` applies EDM's c_in (identity for eps / x0 / v models).
   - `step(model_output, t, sample).prev_sample` is the tensor the next UNet call reads (a plan
@@ -37,6 +43,7 @@ import torch
 from .denoiser import PREDICTIONS, TIME_INPUTS, Denoiser
 from .plan import combine
 from .sample import plan_for
+from .noise import RectifiedFlow
 from .schedule import Schedule
 
 CLASS_NAME = "LddFastScheduler"
@@ -126,11 +133,15 @@ def _make_class():
                                  f"it cannot begin at step {begin_index} (img2img strength < 1 is not supported)")
 
         def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None, sigmas=None,
-                          **kwargs) -> None:
-            """Reset the plan's registers; the times are the schedule's (nfe calls at t_eval)."""
-            if timesteps is not None or sigmas is not None:
+                          mu: float | None = None, **kwargs) -> None:
+            """Reset the plan's registers; the times are the schedule's (nfe calls at t_eval).
+
+            sigmas / mu (a flow pipeline's own grid and resolution shift) are accepted and not used."""
+            if timesteps is not None:
                 raise ValueError(f"{CLASS_NAME} runs the schedule in its config; for other times build another "
                                  f"scheduler with lf.to_diffusers_scheduler(new_schedule, ...)")
+            if sigmas is not None and num_inference_steps is None:
+                num_inference_steps = len(sigmas)
             if num_inference_steps is not None and num_inference_steps != self.nfe:
                 raise ValueError(f"this scheduler runs a fixed schedule of {self.nfe} network calls; call the "
                                  f"pipeline with num_inference_steps={self.nfe} (got {num_inference_steps})")
@@ -229,12 +240,15 @@ def to_diffusers_scheduler(schedule: Schedule, *, solver: str | None = None, ord
             default to the model's.
         prediction_type: what the UNet predicts: "epsilon" | "sample" | "v_prediction" (or our
             "eps" | "x0" | "v" | "edm"); default: the model's, else "epsilon".
-        time_input: what the UNet receives as time (lf.Denoiser's time_input names); default as
-            lf.Denoiser: "index" (N t - 1) for a DDPM-family (VPDiscrete) schedule.
+        time_input: what the pipeline reads as its timestep (lf.Denoiser's time_input names); default:
+            "t1000" (1000 t) for a flow, else the model's, else as lf.Denoiser: "index" (N t - 1) for a
+            DDPM-family (VPDiscrete) schedule.
         sigma_data: EDM's sigma_data (prediction "edm" only).
     """
     if not isinstance(schedule, Schedule):
         raise TypeError(f"expected an lf.Schedule, got {type(schedule).__name__}")
+    if time_input is None and isinstance(schedule.noise, RectifiedFlow):
+        time_input = "t1000"  # what the flow pipelines read as their timestep, whatever their network takes
     options = {"variant": variant, "lower_order_final": lower_order_final}
     options = {k: v for k, v in options.items() if v is not None}
     if model is not None:

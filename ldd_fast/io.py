@@ -174,8 +174,8 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def read_json(path, what: str, error=StateFileError):
-    """A JSON file as Python objects; errors name the file (FileNotFoundError, IsADirectoryError, `error`)."""
+def read_text(path, what: str) -> str:
+    """A UTF-8 text file; errors name the file (FileNotFoundError, IsADirectoryError, StateFileError)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"{what} {path} is a folder, not a file")
@@ -183,9 +183,19 @@ def read_json(path, what: str, error=StateFileError):
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise error(f"{what} {path}: not valid JSON ({e})") from None
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise StateFileError(f"{what} {path}: not UTF-8 text ({e})") from None
+
+
+def read_json(path, what: str, error=StateFileError):
+    """A JSON file as Python objects; errors name the file (FileNotFoundError, IsADirectoryError, `error`)."""
+    try:
+        return json.loads(read_text(path, what))
+    except StateFileError as e:
+        raise error(str(e)) from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise error(f"{what} {os.fspath(path)}: not valid JSON ({e})") from None
 
 
 # ----- state files -----------------------------------------------------------------------------

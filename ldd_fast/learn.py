@@ -42,7 +42,7 @@ from .noise import DTYPE, NoiseSchedule
 from .progress import progress
 from .sample import run_plan
 from .schedule import Schedule
-from .teacher import TeacherData, TeacherSpec, make_teacher, teacher_info
+from .teacher import TeacherData, TeacherSpec, make_teacher, pair_conditions, teacher_info
 
 MODES = ("lambda", "time")
 CHECKPOINT = "ld3_checkpoint.safetensors"
@@ -482,7 +482,7 @@ def check_identity(f: Fields, mine: dict) -> None:
                              f"start without --resume")
 
 
-def _teacher_source(den, teacher, shape, n, seed, out):
+def _teacher_source(den, teacher, shape, n, seed, out, cond):
     """(TeacherData or None, TeacherSpec or None, the teacher's info) without making or writing anything."""
     if isinstance(teacher, TeacherData):
         return teacher, None, teacher.info
@@ -496,9 +496,9 @@ def _teacher_source(den, teacher, shape, n, seed, out):
     path = None if out is None else os.path.join(out, TEACHER_FILE)
     if path and os.path.isfile(path):
         data = TeacherData.load(path)
-        if data.info == teacher_info(den, spec, shape, len(data), seed) and len(data) >= n:
+        if data.info == teacher_info(den, spec, shape, len(data), seed, cond) and len(data) >= n:
             return data, spec, data.info
-    return None, spec, teacher_info(den, spec, shape, n, seed)
+    return None, spec, teacher_info(den, spec, shape, n, seed, cond)
 
 
 def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, shape, mode: str = "lambda",
@@ -510,7 +510,11 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
 
     shape: of one sample (e.g. (1, 8, 8)). teacher: a TeacherSpec (default UniPC-3, 20 steps,
     EDM rho = 7), a dict of its fields, TeacherData, or the path of a saved teacher file.
-    cond: per-pair conditions ([n_train + n_valid, ...]) or a callable (n, generator) -> tensor.
+    cond: conditions (a tensor, or a tuple / dict of tensors such as den.encode_prompt(prompts)), or a
+    callable (n, generator) -> such. With one row per pair (n_train + n_valid) they are used in
+    order; with P rows otherwise, training pairs cycle over the first P_train of them and validation
+    pairs over the rest (P_train in proportion to n_train, validation conditions disjoint from the
+    training ones when P > 1): teacher.pair_conditions; schedule.info["conditions"] records the split.
     loss: "pseudo_huber" (default) | "l2" | "l1" | "lpips" | callable (x, y) -> [B]. The paper's
     default, LPIPS, needs downloaded weights; of the rest, pseudo-Huber matched the held-out teacher
     best on the built-in model (benchmarks/results/ld3_summary.md: L2 is worse at NFE 4 and 6). decoder: applied to
@@ -549,6 +553,11 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
     solvers.steps_for_nfe(solver, nfe)
     cfg = dataclasses.replace(config or LD3Config(), mode=mode, n_train=n_train, n_valid=n_valid, seed=seed)
     cfg.validate()
+    split = None
+    if callable(cond):  # drawn now (as make_teacher draws it), so that the pairs' identity includes it
+        cond = cond(n_train + n_valid, torch.Generator().manual_seed(int(seed) + 1))
+    if cond is not None and not isinstance(teacher, (TeacherData, str, os.PathLike)):
+        cond, split = pair_conditions(cond, n_train, n_valid)
     ckpt = None if out is None else os.path.join(out, CHECKPOINT)
     if out is not None:
         if os.path.isfile(ckpt) and not resume:
@@ -564,8 +573,13 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
     for p, _ in frozen:
         p.requires_grad_(False)
     try:
-        return _learn(den, solver, order, nfe, shape, cfg, teacher, loss, decoder, cond, init, out, resume,
-                      ckpt, checkpoint_calls, show_progress, solver_options)
+        result = _learn(den, solver, order, nfe, shape, cfg, teacher, loss, decoder, cond, init, out, resume,
+                        ckpt, checkpoint_calls, show_progress, solver_options)
+        if split is not None:
+            result.schedule.info["conditions"] = split
+            if out is not None:
+                result.schedule.save(os.path.join(out, "schedule.json"))
+        return result
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)
@@ -576,7 +590,7 @@ def _learn(den, solver, order, nfe, shape, cfg, teacher, loss, decoder, cond, in
     if isinstance(init, str) and init != "best":
         raise ValueError(f"init must be a Schedule, None or 'best', got {init!r}")
     n = cfg.n_train + cfg.n_valid
-    data, spec, info = _teacher_source(den, teacher, shape, n, cfg.seed, out)
+    data, spec, info = _teacher_source(den, teacher, shape, n, cfg.seed, out, cond)
     state = None
     if resume and ckpt and os.path.isfile(ckpt):
         # Checked before anything is made or written: a refused resume leaves the folder as it was.

@@ -130,11 +130,36 @@ def make_teacher(den: Denoiser, shape, n: int, *, spec: TeacherSpec | None = Non
     else:
         y = y_mine
     cond = None if cond is None else map_cond(lambda v: v.cpu(), cond)
-    return TeacherData(z, y, cond, teacher_info(den, spec, shape, n, seed))
+    return TeacherData(z, y, cond, teacher_info(den, spec, shape, n, seed, cond))
 
 
-def teacher_info(den: Denoiser, spec: TeacherSpec, shape, n: int, seed: int) -> dict:
+def teacher_info(den: Denoiser, spec: TeacherSpec, shape, n: int, seed: int, cond=None) -> dict:
     """What identifies a set of teacher pairs (stored with them, compared before they are reused)."""
     return {"teacher": spec.describe(), "seed": int(seed), "n": int(n), "shape": [int(s) for s in shape],
             "fingerprint": den.fingerprint(), "guidance_scale": den.guidance_scale,
-            "null_cond_sha256": None if den.null_cond is None else digest(den.null_cond)}
+            "null_cond_sha256": None if den.null_cond is None else digest(den.null_cond),
+            "cond_sha256": None if cond is None or callable(cond) else digest(cond)}
+
+
+def pair_conditions(cond, n_train: int, n_valid: int):
+    """One condition per teacher pair from P conditions (e.g. P encoded prompts), and how they were split.
+
+    P == n_train + n_valid: one each, in order (the training pairs first). Otherwise the first
+    P_train = round(P n_train / (n_train + n_valid)) conditions (at least 1, and at most P - 1 so that
+    validation sees conditions training never saw) serve the training pairs in turn, the rest the
+    validation pairs in turn. P == 1: every pair shares it (validation is then not condition-disjoint).
+    """
+    n = n_train + n_valid
+    p = cond_rows(cond) if is_cond(cond) else None
+    if p is None:
+        raise ValueError("cond must be a tensor (or a tuple / dict of tensors) with one row per condition")
+    if p == n:
+        return cond, {"conditions": p, "train": n_train, "valid": n_valid, "disjoint": True}
+    if p == 1:
+        idx = torch.zeros(n, dtype=torch.long)
+        p_train = 1
+    else:
+        p_train = min(p - 1, max(1, round(p * n_train / n)))
+        idx = torch.cat([torch.arange(n_train) % p_train, p_train + torch.arange(n_valid) % (p - p_train)])
+    split = {"conditions": p, "train": p_train, "valid": p - p_train if p > 1 else 1, "disjoint": p > 1}
+    return map_cond(lambda c: c[idx.to(c.device)], cond), split

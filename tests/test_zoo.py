@@ -12,7 +12,7 @@ def metrics():
     return DigitsMetrics()
 
 
-@pytest.mark.parametrize("name", ["digits", "digits_vp"])
+@pytest.mark.parametrize("name", ["digits", "digits_vp", "digits_flow"])
 def test_builtin_model_loads_offline_and_denoises_as_recorded(name):
     """Our sampling-side Denoiser (adapter, time conversion) reproduces the training-time denoising losses."""
     if name not in available():
@@ -23,14 +23,14 @@ def test_builtin_model_loads_offline_and_denoises_as_recorded(name):
     assert den.sample_shape == (1, 8, 8) and den.fingerprint() == load(name).fingerprint()
     x0 = load_digits_split()["heldout_x"]
     ref = den.info["reference_loss"]
-    levels = ref.get("sigma") or ref.get("k")
+    levels = ref.get("sigma") or ref.get("k") or ref.get("t")
     losses = []
     with torch.no_grad():
         for level in levels:
             per_repeat = []
             for r in range(ref["repeats"]):
                 n = torch.randn(x0.shape, generator=torch.Generator().manual_seed(ref["seed"] + r))
-                if den.info["variant"] == "edm":
+                if den.info["variant"] in ("edm", "flow"):  # sigma for EDM, t for a flow
                     t = torch.tensor(float(level), dtype=torch.float64)
                 else:
                     t = torch.tensor((level + 1) / 1000, dtype=torch.float64)  # integer k is t = (k + 1) / 1000

@@ -148,11 +148,11 @@ def _trainer(variant, split, **kw):
     return Trainer(variant, split["train_x"][:256], split["train_y"][:256], **kw)
 
 
-@pytest.mark.parametrize("variant", ["edm", "vp"])
+@pytest.mark.parametrize("variant", ["edm", "vp", "flow"])
 def test_training_lowers_loss(variant, split):
     tr = _trainer(variant, split)
     probe = split["train_x"][:64]
-    levels = [0.5, 2.0] if variant == "edm" else [100, 300]
+    levels = {"edm": [0.5, 2.0], "vp": [100, 300], "flow": [0.3, 0.7]}[variant]
     before = reference_losses(tr.net, variant, probe, levels, repeats=1)
     losses = [tr.train_step() for _ in range(30)]
     after = reference_losses(tr.net, variant, probe, levels, repeats=1)
@@ -163,7 +163,7 @@ def test_training_lowers_loss(variant, split):
     assert any(not torch.equal(a, b) for a, b in zip(tr.ema.parameters(), TinyUNet(**tr.net_config).parameters()))
 
 
-@pytest.mark.parametrize("variant", ["edm", "vp"])
+@pytest.mark.parametrize("variant", ["edm", "vp", "flow"])
 def test_checkpoint_resume_is_bit_identical(variant, split, tmp_path):
     straight = _trainer(variant, split)
     for _ in range(8):  # 256 / 32 = 8 steps per epoch: the resumed half crosses an epoch boundary
@@ -218,7 +218,7 @@ def test_cli_end_to_end_and_load_network(tmp_path, monkeypatch):
         zoo.load_network("cifar10")
 
 
-@pytest.mark.parametrize("name", ["digits", "digits_vp"])
+@pytest.mark.parametrize("name", ["digits", "digits_vp", "digits_flow"])
 def test_shipped_weights_reproduce_reference_loss(name, split):
     path = os.path.join(zoo.weights_dir(), ("digits_edm" if name == "digits" else name) + ".safetensors")
     if not os.path.isfile(path):
@@ -226,7 +226,7 @@ def test_shipped_weights_reproduce_reference_loss(name, split):
     assert os.path.getsize(path) <= 6.5e6
     net, config = zoo.load_network(name)
     ref = config["reference_loss"]
-    levels = ref["sigma"] if config["variant"] == "edm" else ref["k"]
+    levels = {"edm": ref.get("sigma"), "vp": ref.get("k"), "flow": ref.get("t")}[config["variant"]]
     # Each level is computed independently, so the lowest and highest suffice (and keep this fast).
     pick = [0, len(levels) - 1]
     got = reference_losses(net, config["variant"], split["heldout_x"], [levels[i] for i in pick], ref["seed"],

@@ -1,11 +1,13 @@
 """Built-in pretrained models ("the zoo"): small class-conditional U-Nets on scikit-learn's 8x8 digits.
 
-Two networks ship, both :class:`~ldd_fast.zoo.unet.TinyUNet` (EMA weights):
+Three networks ship, all :class:`~ldd_fast.zoo.unet.TinyUNet` (EMA weights):
 
 * ``"digits"``: EDM preconditioning (Karras et al. 2022), sigma in [0.002, 80];
   raw network input ``F(c_in x, ln(sigma)/4, cond)``.
 * ``"digits_vp"``: DDPM 1000-step linear-beta eps-prediction (Ho et al. 2020);
   network input ``F(x_k, k, cond)`` with the float index ``k = 1000 t - 1``.
+* ``"digits_flow"``: rectified flow (SD3's objective): velocity ``v = F(x_t, 1000 t, cond)``
+  at ``x_t = (1 - t) x0 + t eps``, t in [1e-3, 1].
 
 ``cond`` holds labels 0..9, or None / 10 for the null class (classifier-free
 guidance). :func:`load_network` returns the raw network and its JSON
@@ -25,7 +27,8 @@ from .unet import TinyUNet
 
 __all__ = ["TinyUNet", "load", "load_network", "available", "weights_dir"]
 
-_NAMES = {"digits": "digits_edm", "digits_vp": "digits_vp"}
+_NAMES = {"digits": "digits_edm", "digits_vp": "digits_vp", "digits_flow": "digits_flow"}
+_VARIANTS = {"digits": "edm", "digits_vp": "vp", "digits_flow": "flow"}
 
 
 def weights_dir() -> str:
@@ -41,7 +44,7 @@ def available() -> list[str]:
 def load_network(name: str, device="cpu") -> tuple[TinyUNet, dict]:
     """Load a built-in network with its EMA weights: returns ``(net in eval mode, config dict)``.
 
-    ``name`` is ``"digits"`` (EDM) or ``"digits_vp"`` (DDPM eps). The config dict is the JSON
+    ``name`` is ``"digits"`` (EDM), ``"digits_vp"`` (DDPM eps) or ``"digits_flow"`` (rectified flow). The config dict is the JSON
     written by ``python -m ldd_fast.zoo.train``; ``config["network"]`` rebuilds the net with
     ``TinyUNet(**config["network"])``.
     """
@@ -51,7 +54,7 @@ def load_network(name: str, device="cpu") -> tuple[TinyUNet, dict]:
     wpath = os.path.join(weights_dir(), stem + ".safetensors")
     jpath = os.path.join(weights_dir(), stem + ".json")
     if not (os.path.isfile(wpath) and os.path.isfile(jpath)):
-        variant = "edm" if name == "digits" else "vp"
+        variant = _VARIANTS[name]
         raise FileNotFoundError(f"weights for zoo model {name!r} are missing ({wpath}); train them with "
                                 f"`python -m ldd_fast.zoo.train digits --variant {variant}`")
     try:

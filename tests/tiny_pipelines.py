@@ -1,0 +1,93 @@
+"""Tiny random Stable Diffusion, SD3 and Flux pipelines built from config objects (nothing is downloaded):
+their real diffusers / transformers classes at a few thousand parameters, with a word-level tokenizer
+written here. Built once per process (`build(kind)`)."""
+import functools
+
+import torch
+
+diffusers = __import__("pytest").importorskip("diffusers")
+transformers = __import__("pytest").importorskip("transformers")
+
+WORDS = ("a photo of the digit zero one two three four five six seven eight nine cat dog red blue big small "
+         "painting drawing").split()
+PROMPTS = ["a photo of a cat", "a red dog", "the digit seven", "a blue painting", "a small drawing of a dog",
+           "big red cat", "the digit one", "a drawing"]
+
+
+def tokenizer(max_length: int):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                                eos_token="</s>", model_max_length=max_length)
+
+
+def _clip(with_projection: bool, hidden=8, projection=4):
+    cfg = transformers.CLIPTextConfig(vocab_size=len(WORDS) + 3, hidden_size=hidden, intermediate_size=16,
+                                      num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
+                                      projection_dim=projection, bos_token_id=0, eos_token_id=2, pad_token_id=0)
+    cls = transformers.CLIPTextModelWithProjection if with_projection else transformers.CLIPTextModel
+    return cls(cfg).eval()
+
+
+def _t5(d_model=16):
+    cfg = transformers.T5Config(vocab_size=len(WORDS) + 3, d_model=d_model, d_kv=4, d_ff=16, num_layers=1,
+                                num_heads=2, pad_token_id=0, eos_token_id=2, decoder_start_token_id=0)
+    return transformers.T5EncoderModel(cfg).eval()
+
+
+def _vae(latent_channels: int, blocks=(8,), **kw):
+    return diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(blocks),
+                                   up_block_types=("UpDecoderBlock2D",) * len(blocks), block_out_channels=blocks,
+                                   layers_per_block=1, latent_channels=latent_channels, norm_num_groups=2,
+                                   sample_size=8, **kw).eval()
+
+
+def _randomize(*modules, seed: int):
+    """Non-zero weights everywhere (diffusers zero-initialises output layers)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in modules:
+            for p in m.parameters():
+                if not p.any():
+                    p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    return modules
+
+
+@functools.lru_cache(maxsize=None)
+def build(kind: str):
+    torch.manual_seed({"sd": 1, "sd3": 2, "flux": 3}[kind])
+    if kind == "sd":
+        unet = diffusers.UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(8, 16), layers_per_block=1,
+            cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4).eval()
+        vae = _vae(4, blocks=(8, 8))  # scale factor 2: 16 x 16 images, 8 x 8 latents
+        _randomize(unet, vae, seed=11)
+        scheduler = diffusers.PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                            skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+        return diffusers.StableDiffusionPipeline(vae=vae, text_encoder=_clip(False), tokenizer=tokenizer(8),
+                                                 unet=unet, scheduler=scheduler, safety_checker=None,
+                                                 feature_extractor=None, requires_safety_checker=False)
+    if kind == "sd3":
+        transformer = diffusers.SD3Transformer2DModel(
+            sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+            caption_projection_dim=16, joint_attention_dim=16, pooled_projection_dim=8, out_channels=4,
+            pos_embed_max_size=8).eval()
+        vae = _vae(4, shift_factor=0.0609, scaling_factor=1.5035)
+        _randomize(transformer, vae, seed=12)
+        return diffusers.StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+            text_encoder=_clip(True), tokenizer=tokenizer(8), text_encoder_2=_clip(True), tokenizer_2=tokenizer(8),
+            text_encoder_3=_t5(), tokenizer_3=tokenizer(8))
+    transformer = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=16, pooled_projection_dim=8, guidance_embeds=True, axes_dims_rope=(2, 2, 4)).eval()
+    vae = _vae(4, shift_factor=0.1159, scaling_factor=0.3611)
+    _randomize(transformer, vae, seed=13)
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                          base_image_seq_len=256, max_image_seq_len=4096)
+    return diffusers.FluxPipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=_clip(False),
+                                  tokenizer=tokenizer(8), text_encoder_2=_t5(), tokenizer_2=tokenizer(8))
