@@ -3,7 +3,9 @@
 1. a converged reference teacher on held-out seeds;
 2. the four hand-made schedules at NFE 4 and 6 for UniPC-3 and DPM-Solver++ 3M;
 3. an LD3 schedule learned for UniPC-3 at NFE 4, on the same held-out seeds;
-4. the sampler backends that run on this machine, timed against the network-call floor;
+4. the flow-matching model beside it (rectified flow, as SD3 / Flux): its hand-made schedules at
+   NFE 4, including the pipelines' own shifted grid (SD3's shift 3);
+5. the sampler backends that run on this machine, timed against the network-call floor;
 then a table, sample grids and the learned schedule under --out.
 """
 from __future__ import annotations
@@ -46,12 +48,12 @@ def run(out: str = "ldd_fast_out", quick: bool = False) -> int:
     files = [grid("teacher.png", teacher)]
     rows = []
 
-    def evaluate(name, solver, order, sched):
+    def evaluate(name, solver, order, sched, model=den, noise=z, ref=teacher):
         with torch.no_grad():
-            x = sample(den, z, sched, solver=solver, order=order)
-        err = rmse(x, teacher).mean().item()
+            x = sample(model, noise, sched, solver=solver, order=order)
+        err = rmse(x, ref).mean().item()
         fd = metrics.fd(x)["fd"] if metrics else float("nan")
-        rows.append((f"{solver}{order}", sched.nfe, name, err, fd))
+        rows.append((model.name, f"{solver}{order}", sched.nfe, name, err, fd))
         return x
 
     for solver, order in (("unipc", 3), ("dpmpp", 3)):
@@ -70,12 +72,25 @@ def run(out: str = "ldd_fast_out", quick: bool = False) -> int:
     sched_path = os.path.join(out, "unipc3_nfe4_ld3.json")
     res.schedule.save(sched_path)
 
-    lines = ["| solver | nfe | schedule | RMSE to teacher | digits FD |", "|---|---|---|---|---|"]
-    lines += [f"| {s} | {k} | {name} | {e:.4f} | {fd:.2f} |" for s, k, name, e, fd in rows]
-    best = min((r for r in rows if r[0] == "unipc3" and r[1] == 4 and r[2] != "ld3"), key=lambda r: r[3])
-    ld3 = next(r for r in rows if r[2] == "ld3")
-    summary = (f"UniPC-3 at NFE 4: LD3 RMSE {ld3[3]:.4f} vs best hand-made ({best[2]}) {best[3]:.4f}: "
-               f"{best[3] / ld3[3]:.2f}x lower error")
+    flow = load("digits_flow")
+    print("the flow-matching model 'digits_flow' (rectified flow from pure noise at t = 1, as SD3 / Flux) ...",
+          flush=True)
+    with torch.no_grad():
+        flow_teacher = sample(flow, z, discretize(flow.noise, 20 if quick else 100, "edm"), solver="unipc")
+    files.append(grid("flow_teacher.png", flow_teacher))
+    for name, kw in (("time_uniform", {}), ("flowmatch (shift 3, SD3's)", {"shift": 3.0}), ("logsnr", {}),
+                     ("edm", {})):
+        sched = discretize(flow.noise, 4, name.split()[0], **kw)
+        x = evaluate(name, "unipc", 3, sched, model=flow, ref=flow_teacher)
+        files.append(grid(f"flow_unipc3_nfe4_{name.split()[0]}.png", x))
+
+    lines = ["| model | solver | nfe | schedule | RMSE to teacher | digits FD |", "|---|---|---|---|---|---|"]
+    lines += [f"| {m} | {s} | {k} | {name} | {e:.4f} | {fd:.2f} |" for m, s, k, name, e, fd in rows]
+    best = min((r for r in rows if r[0] == "digits" and r[1] == "unipc3" and r[2] == 4 and r[3] != "ld3"),
+               key=lambda r: r[4])
+    ld3 = next(r for r in rows if r[3] == "ld3")
+    summary = (f"UniPC-3 at NFE 4: LD3 RMSE {ld3[4]:.4f} vs best hand-made ({best[3]}) {best[4]:.4f}: "
+               f"{best[4] / ld3[4]:.2f}x lower error")
     lines += ["", summary]
     lines += ["", "Backends (median of repeated calls, relative to nfe x one PyTorch network forward; "
                   "onnxruntime also runs the network itself, so it can go below 1):"]

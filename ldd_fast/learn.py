@@ -336,18 +336,20 @@ class LD3Trainer:
 
     @torch.no_grad()
     def choose_init(self) -> Schedule:
-        """Start from the hand-made schedule with the lowest hard loss on the *training* pairs."""
-        from .schedule import KINDS, discretize
+        """Start from the hand-made schedule (schedule.hand_made) with the lowest hard loss on the *training*
+        pairs."""
+        from .schedule import hand_made
 
         idx = torch.arange(len(self.train))
         cond = self._cond(self.train, idx)
         z = self.train.z.to(self.device, self.dtype)
+        candidates = hand_made(self.den.noise, self.nfe, solver=self.solver)
         scores = {}
-        for kind in KINDS:
-            self.params.init_from(discretize(self.den.noise, self.nfe, kind, solver=self.solver))
-            scores[kind] = self.distances(z, self.y_train, cond).mean().item()
+        for name, sched in candidates.items():
+            self.params.init_from(sched)
+            scores[name] = self.distances(z, self.y_train, cond).mean().item()
         best = min(scores, key=scores.get)
-        sched = discretize(self.den.noise, self.nfe, best, solver=self.solver)
+        sched = candidates[best]
         self.params.init_from(sched)
         self.init_choice = {"kind": best, "train_hard": scores}
         return sched
@@ -520,7 +522,8 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
     best on the built-in model (benchmarks/results/ld3_summary.md: L2 is worse at NFE 4 and 6). decoder: applied to
     student and teacher samples before the distance (latent models).
     init: None (uniform in the mode's coordinate, the paper's start), a Schedule to start from, or
-    "best": the hand-made schedule (ldd_fast.schedule.KINDS) with the lowest loss on the training pairs.
+    "best": the hand-made schedule (ldd_fast.schedule.hand_made: the KINDS, and for a flow the
+    flow-matching grid at several shifts) with the lowest loss on the training pairs.
     out: folder for the teacher pairs, a checkpoint after every round (resume=True continues
     an interrupted run), the schedule and its plots. solver_options: variant, lower_order_final.
     mode: "lambda" (the paper's choice for pixel models), "time" (latent models), or "auto": learn

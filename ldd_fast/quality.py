@@ -26,7 +26,7 @@ import torch
 
 from . import schedule as schedule_mod
 from .errors import StateFileError
-from .io import Fields, atomic_write, atomic_write_text, load_state, save_state
+from .io import Fields, atomic_write, atomic_write_text, load_state, read_json, save_state
 from .metrics import FD_SAMPLES, DigitsMetrics, bootstrap_mean, paired_bootstrap, psnr, rmse
 from .progress import progress
 from .sample import sample
@@ -40,7 +40,9 @@ SOLVERS = [("euler", 1, None), ("dpmpp", 2, None), ("dpmpp", 3, None), ("unipc",
            ("unipc", 3, "bh2"), ("ipndm", 4, None), ("heun", 2, None)]
 QUICK = {"nfes": [4, 6], "heun_nfes": [5], "n": FD_SAMPLES}
 FULL = {"nfes": [3, 4, 5, 6, 8, 10], "heun_nfes": [3, 5, 7, 9], "n": 1000}
-MODELS = ("digits", "digits_vp")
+MODELS = ("digits", "digits_vp", "digits_flow")
+FLOW_MODELS = ("digits_flow",)  # rectified flows: a "shifted" row and LD3 rows per mode
+PAIRS_KIND = "quality training pairs"
 
 
 def solver_label(solver, order, variant) -> str:
@@ -120,14 +122,46 @@ def read_cells(path: str) -> dict:
 
 def _cells(models, solvers, nfes, heun_nfes, kinds, learned_dir):
     for model in models:
+        flow = model in FLOW_MODELS
         for solver, order, variant in solvers:
             for nfe in (heun_nfes if solver == "heun" else nfes):
-                for kind in kinds:
+                for kind in kinds + (("shifted",) if flow else ()):
                     yield model, solver, order, variant, nfe, kind, None
                 if learned_dir:
                     path = learned_path(learned_dir, model, solver, order, variant, nfe)
                     if os.path.isfile(path):
                         yield model, solver, order, variant, nfe, "ld3", path
+                    for mode in ("lambda", "time") if flow else ():  # LD3 in both coordinates, as learned
+                        sub = os.path.join(os.path.dirname(path), mode, "schedule.json")
+                        if os.path.isfile(sub):
+                            yield model, solver, order, variant, nfe, f"ld3_{mode}", sub
+
+
+def training_pairs(den, model: str, cache: str):
+    """LD3's default teacher pairs of the model (seed 0, the first n_train): where hand-made choices are made."""
+    from .learn import LD3Config
+    from .teacher import TeacherData, TeacherSpec, make_teacher
+
+    path = os.path.join(cache, f"{model}_training_pairs.safetensors")
+    if os.path.isfile(path):
+        data = TeacherData.load(path)
+        if data.info.get("fingerprint") == den.fingerprint():
+            return data
+    data = make_teacher(den, den.sample_shape, LD3Config().n_train, spec=TeacherSpec(), seed=0, show_progress=False)
+    os.makedirs(cache, exist_ok=True)
+    data.save(path)
+    return data
+
+
+def best_shift(den, model: str, solver, order, variant, nfe: int, cache: str) -> tuple[float, dict]:
+    """The flow-matching grid's shift (schedule.FLOW_SHIFTS) with the lowest teacher RMSE on the training
+    pairs, never on the held-out seeds."""
+    pairs = training_pairs(den, model, cache)
+    scores = {}
+    for shift in schedule_mod.FLOW_SHIFTS:
+        sched = discretize(den.noise, nfe, "flowmatch", solver=solver, shift=shift)
+        scores[shift] = rmse(_sample(den, pairs.z, sched, solver, order, variant), pairs.y).mean().item()
+    return min(scores, key=scores.get), scores
 
 
 def cell_key(model, solver, order, variant, nfe, name) -> str:
@@ -154,7 +188,15 @@ def run(*, models=MODELS, n: int, nfes, heun_nfes, out: str, learned_dir: str | 
             refs[model] = reference(dens[model], model, n, cache)
         den = dens[model]
         z, y, check = refs[model]
-        sched = Schedule.load(path) if path else discretize(den.noise, nfe, name, solver=solver)
+        extra = {}
+        if path:
+            sched = Schedule.load(path)
+        elif name == "shifted":
+            shift, scores = best_shift(den, model, solver, order, variant, nfe, cache)
+            sched = discretize(den.noise, nfe, "flowmatch", solver=solver, shift=shift)
+            extra = {"shift": shift, "train_rmse_by_shift": scores}
+        else:
+            sched = discretize(den.noise, nfe, name, solver=solver)
         t0 = time.perf_counter()
         x = _sample(den, z, sched, solver, order, variant)
         err = rmse(x, y)
@@ -163,12 +205,13 @@ def run(*, models=MODELS, n: int, nfes, heun_nfes, out: str, learned_dir: str | 
         rec = {"key": key, "model": model, "solver": solver_label(solver, order, variant), "nfe": nfe,
                "schedule": name, "n": n, "rmse": bootstrap_mean(err), "psnr": bootstrap_mean(psnr(x, y)),
                "fd": metrics.fd(x[:FD_SAMPLES], n_boot=n_boot), "seconds": time.perf_counter() - t0,
-               "reference_check": check}
+               "reference_check": check, **extra}
         done[key] = rec
         # The whole file, atomically: an interrupted run never leaves half a line.
         atomic_write_text(cells_path, "".join(json.dumps(r) + "\n" for r in done.values()))
-    records = [done[cell_key(*c[:6])] for c in _cells(models, solvers, nfes, heun_nfes, kinds, learned_dir)]
-    comparisons = compare_learned(records, out, metrics, dens, refs, n_boot)
+    # The reports cover every cell the folder holds (this run's and earlier runs' of other models).
+    records = list(done.values())
+    comparisons = compare_learned(records, out, metrics, n_boot)
     write_reports(records, comparisons, out)
     try:
         for model in models:
@@ -181,28 +224,38 @@ def run(*, models=MODELS, n: int, nfes, heun_nfes, out: str, learned_dir: str | 
     return records
 
 
-def compare_learned(records, out, metrics, dens, refs, n_boot) -> list[dict]:
-    """LD3 vs the best hand-made schedule of the same model, solver and NFE: paired bootstraps."""
+def compare_learned(records, out, metrics, n_boot) -> list[dict]:
+    """LD3 vs the best hand-made schedule of the same model, solver and NFE: paired bootstraps. Groups whose
+    per-seed caches are gone (an earlier run's, on another machine) keep their row from quality_ld3.json."""
     cache = os.path.join(out, "cache")
+    path = os.path.join(out, "quality_ld3.json")
+    earlier = {}
+    if os.path.isfile(path):
+        earlier = {(r["model"], r["solver"], r["nfe"]): r for r in read_json(path, "quality LD3 comparison")}
     by_group = {}
     for r in records:
         by_group.setdefault((r["model"], r["solver"], r["nfe"]), []).append(r)
     rows = []
     for (model, solver, nfe), recs in by_group.items():
         learned = [r for r in recs if r["schedule"] == "ld3"]
-        hand = [r for r in recs if r["schedule"] != "ld3"]
+        hand = [r for r in recs if not r["schedule"].startswith("ld3")]
         if not learned or not hand:
             continue
         best = min(hand, key=lambda r: r["rmse"]["mean"])
+        if not all(os.path.isfile(_cell_path(cache, r["key"])) for r in (learned[0], best)):
+            if (model, solver, nfe) in earlier:
+                rows.append(earlier[(model, solver, nfe)])
+            continue
         la = _load_cell(cache, learned[0]["key"], learned[0]["n"])
         lb = _load_cell(cache, best["key"], best["n"])
-        row = {"model": model, "solver": solver, "nfe": nfe, "best_hand_made": best["schedule"],
+        name = best["schedule"] + (f" (shift {best['shift']:g})" if "shift" in best else "")
+        row = {"model": model, "solver": solver, "nfe": nfe, "best_hand_made": name,
                "rmse_ld3": learned[0]["rmse"]["mean"], "rmse_best": best["rmse"]["mean"],
                "rmse": paired_bootstrap(la["rmse"], lb["rmse"]),
                "fd_ld3": learned[0]["fd"]["fd"], "fd_best": best["fd"]["fd"],
                "fd_diff": metrics.fd_paired(la["fd_samples"], lb["fd_samples"], n_boot=n_boot)}
         rows.append(row)
-    atomic_write_text(os.path.join(out, "quality_ld3.json"), json.dumps(rows, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(rows, indent=1) + "\n")
     return rows
 
 
@@ -232,7 +285,8 @@ def write_reports(records, comparisons, out) -> None:
         lines += [f"## {model}\n", "| solver | nfe | schedule | RMSE | PSNR dB | FD |", "|---|---|---|---|---|---|"]
         for r in records:
             if r["model"] == model:
-                lines.append(f"| {r['solver']} | {r['nfe']} | {r['schedule']} | {_fmt(r['rmse'])} | "
+                name = r["schedule"] + (f" (shift {r['shift']:g}, best on the training pairs)" if "shift" in r else "")
+                lines.append(f"| {r['solver']} | {r['nfe']} | {name} | {_fmt(r['rmse'])} | "
                              f"{r['psnr']['mean']:.2f} | {_fmt(r['fd'], 'fd', 2) if 'lo' in r['fd'] else ''} |")
         lines.append("")
     if comparisons:

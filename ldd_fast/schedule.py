@@ -23,7 +23,8 @@ FIELDS = ("t", "t_eval", "noise", "final", "solver", "order", "variant", "lower_
           "fingerprint", "origin", "metrics", "info")
 _FILE_KEYS = {"format_version", "nfe", *FIELDS}
 
-__all__ = ["Schedule", "ScheduleError", "discretize", "flux_mu", "KINDS", "FLOW_KINDS", "FORMAT_VERSION"]
+__all__ = ["Schedule", "ScheduleError", "discretize", "flux_mu", "hand_made", "KINDS", "FLOW_KINDS", "FLOW_SHIFTS",
+           "FORMAT_VERSION"]
 
 
 def _as_times(name: str, v) -> tuple[float, ...]:
@@ -431,3 +432,17 @@ def discretize(noise: NoiseSchedule, nfe: int, kind: str = "logsnr", *, solver: 
             **({"t_end": t_end} if t_end != noise.t_min else {})}
     return Schedule(t=t, t_eval=solvers.default_t_eval(layout_solver, t), noise=noise, final=final,
                     origin=f"discretize:{kind}", info=info)
+
+
+# Shifts of the "flowmatch" grid tried where the best hand-made flow schedule is chosen: SD3 ships 3.0.
+FLOW_SHIFTS = (1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def hand_made(noise: NoiseSchedule, nfe: int, *, solver: str | None = None) -> dict[str, Schedule]:
+    """Every hand-made schedule of a noise schedule from t_max to t_min, by name: the KINDS, and for a flow
+    from pure noise the flow-matching grid at each of FLOW_SHIFTS ("flowmatch_s3", ...)."""
+    out = {kind: discretize(noise, nfe, kind, solver=solver) for kind in KINDS}
+    if isinstance(noise, RectifiedFlow) and noise.pure_noise_start:
+        for shift in FLOW_SHIFTS:
+            out[f"flowmatch_s{shift:g}"] = discretize(noise, nfe, "flowmatch", solver=solver, shift=shift)
+    return out

@@ -5,6 +5,8 @@ import functools
 
 import torch
 
+import ldd_fast as lf
+
 diffusers = __import__("pytest").importorskip("diffusers")
 transformers = __import__("pytest").importorskip("transformers")
 
@@ -91,3 +93,45 @@ def build(kind: str):
                                                           base_image_seq_len=256, max_image_seq_len=4096)
     return diffusers.FluxPipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=_clip(False),
                                   tokenizer=tokenizer(8), text_encoder_2=_t5(), tokenizer_2=tokenizer(8))
+
+
+def learned_like_schedule(den, solver: str = "unipc", nfe: int = 3):
+    """A schedule on the pipeline's own grid (logSNR for Stable Diffusion) with the network times moved
+    off the solver times, as a learned schedule has them."""
+    base = lf.discretize(den.noise, nfe, "logsnr", solver=solver) if den.pipeline_kind == "sd" else \
+        lf.discretize(den.noise, nfe, solver=solver, final="zero", **den.pipeline_grid)
+    t_eval = base.t_eval
+    t_eval[1:] = t_eval[1:] * 0.97
+    return base.replace(t_eval=t_eval)
+
+
+def pipeline_call(pipe, den, cond, z, nfe: int):
+    """The pipeline's own __call__ on the same latents and prompt embeddings; returns its latents."""
+    kind = den.pipeline_kind
+    kw = dict(num_inference_steps=nfe, latents=z.clone(), output_type="latent", return_dict=False)
+    with torch.no_grad():
+        if kind == "sd":
+            null = den.null_cond.expand(z.shape[0], *den.null_cond.shape)
+            return pipe(prompt_embeds=cond, negative_prompt_embeds=null, guidance_scale=den.guidance_scale, **kw)[0]
+        size = dict(height=den.height, width=den.width)
+        if kind == "sd3":
+            null = tuple(n.expand(z.shape[0], *n.shape) for n in den.null_cond)
+            return pipe(prompt_embeds=cond[0], pooled_prompt_embeds=cond[1], negative_prompt_embeds=null[0],
+                        negative_pooled_prompt_embeds=null[1], guidance_scale=den.guidance_scale, **size, **kw)[0]
+        return pipe(prompt_embeds=cond[0], pooled_prompt_embeds=cond[1],
+                    guidance_scale=float(den.net.embedded_guidance), **size, **kw)[0]
+
+
+def drop_in_difference(pipe, den, sched, *, batch: int, solver: str = "unipc", order: int = 3) -> float:
+    """max |pipe(...) with lf.to_diffusers_scheduler - lf.sample| / max |lf.sample| on the same inputs."""
+    cond = den.encode_prompt(PROMPTS[:batch])
+    z = torch.randn(batch, *den.sample_shape, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = lf.sample(den, z, sched, solver=solver, order=order, cond=cond)
+    original = pipe.scheduler
+    try:
+        pipe.scheduler = lf.to_diffusers_scheduler(sched, solver=solver, order=order, model=den)
+        out = pipeline_call(pipe, den, cond, z, sched.nfe)
+    finally:
+        pipe.scheduler = original
+    return float((out - ref).abs().max() / ref.abs().max())
