@@ -32,7 +32,9 @@ def main():
     threads = common.pin_threads(None)
     rows = []
     for label, noise in [("EDM default range", lf.EDM()), ("VP linear default range", lf.VPLinear()),
-                         ("EDM sigma in [0.5, 5]", lf.EDM(0.5, 5.0))]:
+                         ("EDM sigma in [0.5, 5]", lf.EDM(0.5, 5.0)),
+                         ("flow default range (from t = 1)", lf.RectifiedFlow()),
+                         ("flow t in [1/6, 5/6]", lf.RectifiedFlow(1 / 6, 5 / 6))]:
         for solver, order, variant, grid in CONFIGS:
             if grid == "sigma" and "default" in label:  # uniform sigma steps over [0.002, 80] never converge
                 continue

@@ -129,7 +129,9 @@ def build_parser() -> Parser:
     le.add_argument("--n-valid", type=POSITIVE, default=50)
     le.add_argument("--teacher-solver", default="unipc", choices=sorted(SOLVERS))
     le.add_argument("--teacher-order", type=POSITIVE, default=3)
-    le.add_argument("--teacher-nfe", type=POSITIVE, default=20)
+    le.add_argument("--teacher-nfe", type=POSITIVE, help="teacher steps (default: 20; 40 for a flow)")
+    le.add_argument("--teacher-kind", choices=["time_uniform", "time_quadratic", "logsnr", "edm"],
+                    help="teacher discretisation (default: edm, the paper's; time_quadratic for a flow)")
     le.add_argument("--seed", type=SEED, default=0)
     le.add_argument("--checkpoint-calls", action="store_true", help="recompute network activations in backward")
     le.add_argument("--pipeline", help="a local diffusers pipeline folder (Stable Diffusion, SD3 or Flux; safetensors "
@@ -493,7 +495,10 @@ def cmd_learn(args) -> int:
     if args.resume and not any(os.path.isfile(os.path.join(work, sub, CHECKPOINT))
                                for sub in ("", "lambda", "time")):
         print(f"--resume: no checkpoint in {work} yet; starting a new run", flush=True)
-    teacher = TeacherSpec(solver=args.teacher_solver, order=args.teacher_order, nfe=args.teacher_nfe, kind="edm")
+    default = TeacherSpec.default_for(den.noise)
+    teacher = TeacherSpec(solver=args.teacher_solver, order=args.teacher_order, nfe=args.teacher_nfe or default.nfe,
+                          kind=args.teacher_kind or default.kind, lower_order_final=default.lower_order_final
+                          if args.teacher_solver in ("unipc", "dpmpp", "ipndm") else None)
     cond = None
     if prompts is not None:
         cond = den.encode_prompt(prompts)

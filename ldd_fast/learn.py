@@ -491,7 +491,7 @@ def _teacher_source(den, teacher, shape, n, seed, out, cond):
     if isinstance(teacher, (str, os.PathLike)):
         data = TeacherData.load(teacher)
         return data, None, data.info
-    spec = TeacherSpec(**teacher) if isinstance(teacher, dict) else (teacher or TeacherSpec())
+    spec = TeacherSpec(**teacher) if isinstance(teacher, dict) else (teacher or TeacherSpec.default_for(den.noise))
     if not isinstance(spec, TeacherSpec):
         raise TypeError(f"teacher must be a TeacherSpec, a dict of its fields, TeacherData or a file path, "
                         f"got {type(teacher).__name__}")
@@ -510,8 +510,9 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
           **solver_options) -> LearnResult:
     """Learn a schedule (t and t_eval) for one model, solver, order and nfe with LD3.
 
-    shape: of one sample (e.g. (1, 8, 8)). teacher: a TeacherSpec (default UniPC-3, 20 steps,
-    EDM rho = 7), a dict of its fields, TeacherData, or the path of a saved teacher file.
+    shape: of one sample (e.g. (1, 8, 8)). teacher: a TeacherSpec (default TeacherSpec.default_for the
+    noise schedule: UniPC-3, 20 steps, EDM rho = 7, the paper's; for a flow 40 time-quadratic steps), a
+    dict of its fields, TeacherData, or the path of a saved teacher file.
     cond: conditions (a tensor, or a tuple / dict of tensors such as den.encode_prompt(prompts)), or a
     callable (n, generator) -> such. With one row per pair (n_train + n_valid) they are used in
     order; with P rows otherwise, training pairs cycle over the first P_train of them and validation

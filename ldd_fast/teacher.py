@@ -13,6 +13,7 @@ import torch
 
 from .cond import batch_size as cond_rows, digest, is_cond, leaves, map_cond
 from .denoiser import Denoiser
+from .noise import RectifiedFlow
 from .io import Fields, load_state, save_state
 from .progress import progress
 from .sample import plan_for, run_plan
@@ -23,15 +24,34 @@ KIND = "teacher pairs"
 
 @dataclass(frozen=True)
 class TeacherSpec:
-    """How teacher samples are made: the paper's default is UniPC-3, 20 steps, EDM rho = 7."""
+    """How teacher samples are made: the paper's default is UniPC-3, 20 steps, EDM rho = 7.
+
+    lower_order_final: None is the solver's default (on below 15 steps).
+    """
     solver: str = "unipc"
     order: int = 3
     nfe: int = 20
     kind: str = "edm"
     final: str = "t_min"
+    lower_order_final: bool | None = None
+
+    @classmethod
+    def default_for(cls, noise) -> "TeacherSpec":
+        """The default teacher of a noise schedule: the paper's for diffusion models. For a rectified flow,
+        UniPC-3 with 40 time-quadratic steps and lower-order final steps: measured on digits_flow against an
+        800-step consensus, the paper's teacher is off by RMSE 0.08-0.11 there (the EDM grid spends its steps
+        where a flow's path is easy; at 20 steps and above lower_order_final is off, and the last step from
+        t ~ 0.05 to t_min = 1e-3 is a large jump in lambda), as much as the low-NFE errors LD3 is meant to
+        remove; this one is off by 0.004 (20 time-quadratic steps: 0.010)."""
+        if isinstance(noise, RectifiedFlow):
+            return cls(nfe=40, kind="time_quadratic", lower_order_final=True)
+        return cls()
 
     def describe(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["lower_order_final"] is None:
+            del d["lower_order_final"]  # the solver's default: descriptions of earlier teachers stay valid
+        return d
 
 
 @dataclass
@@ -96,7 +116,7 @@ def make_teacher(den: Denoiser, shape, n: int, *, spec: TeacherSpec | None = Non
     cond: None, one condition per pair (a tensor [n, ...] or a tuple / dict of them), or a callable
     (n, generator) -> such a condition.
     """
-    spec = spec or TeacherSpec()
+    spec = spec or TeacherSpec.default_for(den.noise)
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
     if batch_size < 1:
@@ -109,7 +129,8 @@ def make_teacher(den: Denoiser, shape, n: int, *, spec: TeacherSpec | None = Non
         got = [tuple(c.shape) for c in leaves(cond)] if is_cond(cond) else type(cond).__name__
         raise ValueError(f"cond must hold one condition per pair ({n}), got {got}")
     sched = discretize(den.noise, spec.nfe, spec.kind, solver=spec.solver, final=spec.final)
-    plan = plan_for(den, sched, solver=spec.solver, order=spec.order)
+    options = {} if spec.lower_order_final is None else {"lower_order_final": spec.lower_order_final}
+    plan = plan_for(den, sched, solver=spec.solver, order=spec.order, **options)
     rank, world = _rank_world()
     mine = torch.arange(rank, n, world)
     device = device or next((p.device for p in den.parameters()), torch.device("cpu"))

@@ -10,6 +10,7 @@ import torch
 import ldd_fast as lf
 from ldd_fast.analytic import GaussianData, gaussian_problem
 from ldd_fast.solvers import default_t_eval
+from ldd_fast.teacher import TeacherSpec, make_teacher
 
 from test_solvers import CONFIGS, IDS
 from tolerances import TOL
@@ -167,7 +168,6 @@ def test_euler_and_heun_equal_diffusers_flow_schedulers(shift):
 def test_ld3_learns_on_a_flow_in_both_modes(mode):
     from ldd_fast.analytic import GaussianMixture
     from ldd_fast.learn import LD3Config
-    from ldd_fast.teacher import TeacherSpec
 
     g = torch.Generator().manual_seed(10)
     net = GaussianMixture(FLOW, torch.randn(8, 2, 4, 4, generator=g), 0.1, prediction="flow")
@@ -189,3 +189,12 @@ def test_level_coordinates_of_a_flow_are_t():
     t = torch.tensor([1.0, 0.6, 0.2, 0.001], dtype=torch.float64)
     sched = lf.Schedule(t=t, t_eval=default_t_eval("ipndm", t), noise=FLOW)
     assert torch.isfinite(lf.sample(den, z, sched, solver="ipndm", order=4)).all()
+
+
+def test_the_default_teacher_of_a_flow():
+    spec = TeacherSpec.default_for(FLOW)
+    assert (spec.kind, spec.nfe, spec.lower_order_final) == ("time_quadratic", 40, True)
+    assert TeacherSpec.default_for(lf.EDM()) == TeacherSpec() and "lower_order_final" not in TeacherSpec().describe()
+    den, z, _ = flow_den(dim=4)
+    data = make_teacher(den, (4,), 3, show_progress=False)
+    assert data.info["teacher"] == spec.describe()
