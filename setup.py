@@ -10,11 +10,13 @@ EXTRAS = {
     "export": ["onnx>=1.16", "onnxscript>=0.1", "onnxruntime>=1.18"],
     "tensorrt": ["tensorrt>=10.0"],
     "diffusers": ["diffusers>=0.30", "safetensors"],
+    # lf.from_pipeline / ldd-fast learn --pipeline: the pipelines' text encoders and tokenizers
+    "pipelines": ["diffusers>=0.30", "safetensors", "transformers>=4.46"],
     "demo": ["scikit-learn>=1.3", "matplotlib>=3.7", "pillow>=10", "tqdm>=4.60", "safetensors"],
     "lpips": ["lpips>=0.1.4"],
 }
 EXTRAS["test"] = sorted(
-    {"pytest>=7", "scipy>=1.10", "hypothesis>=6.100"} | set(EXTRAS["demo"]) | set(EXTRAS["diffusers"])
+    {"pytest>=7", "scipy>=1.10", "hypothesis>=6.100"} | set(EXTRAS["demo"]) | set(EXTRAS["pipelines"])
     | set(EXTRAS["export"]) | set(EXTRAS["triton"])
 )
 

@@ -8,9 +8,9 @@
    __call__ with lf.to_diffusers_scheduler (UniPC-3, a learned-like schedule) vs lf.sample.
 2. cost: lf.learn with LD3's default settings (100 teacher pairs, 7 rounds, UniPC-3, NFE 4, time mode) on
    the tiny SD3 pipeline over 8 prompts: wall time, network calls, peak RSS.
-3. memory: one LD3 gradient (a student of NFE 2 through an SD-size UNet2DConditionModel, diffusers'
-   default = Stable Diffusion 1.x, 860 M random weights, 64 x 64 latents, batch 1) with and without
-   checkpoint_calls, each in a fresh process: peak RSS (the weights do not change memory).
+3. memory: one LD3 gradient (a student of NFE 2 and 4 through an SD-size UNet2DConditionModel: diffusers'
+   default with 768-wide text states = Stable Diffusion 1.x, 860 M random weights, 64 x 64 latents,
+   batch 1) with and without checkpoint_calls, each in a fresh process: peak RSS (the weights do not change memory).
 Writes benchmarks/results/flow_pipelines.{json,md}.
 """
 from __future__ import annotations
@@ -89,7 +89,8 @@ def cost() -> dict:
     wall = time.perf_counter() - t0
     m = res.schedule.metrics
     return {"model": "tiny SD3 pipeline (12 k transformer parameters), 16 x 16 images, 8 prompts (4 / 4)",
-            "wall_seconds": wall, "network_calls": res.stats["network_calls"], "peak_rss_mib": res.stats["peak_rss_mib"],
+            "wall_seconds": wall, "network_calls": res.stats["network_calls"],
+            "peak_rss_mib": res.stats["peak_rss_mib"],
             "valid_hard_init": m["valid_hard_init"], "valid_hard": m["valid_hard"],
             "teacher": "UniPC-3, 20 steps, 100 pairs (time mode, 2 + 5 rounds, batch 2)"}
 
@@ -100,31 +101,36 @@ from ldd_fast.learn import LD3Config, LD3Trainer
 from ldd_fast.teacher import TeacherData
 torch.manual_seed(0)
 torch.set_num_threads(int(sys.argv[2]))
-unet = diffusers.UNet2DConditionModel().eval().requires_grad_(False)  # SD 1.x architecture, random weights
+# Stable Diffusion 1.x: diffusers' default UNet2DConditionModel with CLIP's 768-wide text states
+unet = diffusers.UNet2DConditionModel(cross_attention_dim=768, sample_size=64).eval().requires_grad_(False)
 sched = diffusers.DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 den = lf.from_diffusers(unet, sched)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 z, y, cond = torch.randn(2, 4, 64, 64), torch.randn(2, 4, 64, 64), torch.randn(2, 77, 768)
 data = TeacherData(z, y, cond, {"teacher": None})
-tr = LD3Trainer(den, solver="unipc", order=2, nfe=2, teacher=data, config=LD3Config(n_train=1, n_valid=1),
-                checkpoint_calls=sys.argv[1] == "1", show_progress=False)
+tr = LD3Trainer(den, solver="unipc", order=2, nfe=int(sys.argv[3]), teacher=data,
+                config=LD3Config(n_train=1, n_valid=1), checkpoint_calls=sys.argv[1] == "1", show_progress=False)
 t0 = time.perf_counter()
 tr.distances(tr.train.z, tr.y_train, tr._cond(tr.train, torch.arange(1))).mean().backward()
 print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t0)
 """
 
 
+MEMORY_NFES = (2, 4)
+
+
 def memory(threads: int) -> dict:
     rows = {}
-    for ckpt in (False, True):
-        out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, "1" if ckpt else "0", str(threads)],
-                             capture_output=True, text=True, check=True)
-        base, peak, seconds = (float(v) for v in out.stdout.split()[-3:])
-        rows["checkpoint_calls" if ckpt else "plain"] = {"rss_after_weights_mib": base, "peak_rss_mib": peak,
-                                                          "backprop_mib": peak - base, "seconds": seconds}
-    rows["setting"] = ("UNet2DConditionModel() (Stable Diffusion 1.x config, 860 M parameters, random weights), "
-                       "64 x 64 x 4 latents, batch 1, text condition 77 x 768, UniPC-2 at NFE 2: one loss and "
-                       "its gradient w.r.t. the time parameters")
+    for nfe in MEMORY_NFES:
+        for ckpt in (False, True):
+            out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, "1" if ckpt else "0", str(threads), str(nfe)],
+                                 capture_output=True, text=True, check=True)
+            base, peak, seconds = (float(v) for v in out.stdout.split()[-3:])
+            rows[f"NFE {nfe}, " + ("checkpoint_calls" if ckpt else "plain")] = {
+                "rss_after_weights_mib": base, "peak_rss_mib": peak, "backprop_mib": peak - base, "seconds": seconds}
+    rows["setting"] = ("UNet2DConditionModel(cross_attention_dim=768) (Stable Diffusion 1.x config, 860 M "
+                       "parameters, random weights), 64 x 64 x 4 latents, batch 1, text condition 77 x 768, "
+                       "UniPC-2: one loss and its gradient w.r.t. the time parameters")
     return rows
 
 
@@ -158,9 +164,10 @@ def main(argv=None):
     if "memory" in results:
         m = results["memory"]
         lines += ["## Memory of an LD3 gradient through an SD-size UNet\n", m["setting"] + ".\n",
-                  "| | RSS after the weights MiB | peak RSS MiB | backpropagation MiB | seconds |", "|---|---|---|---|---|"]
+                  "| | RSS after the weights MiB | peak RSS MiB | backpropagation MiB | seconds |",
+                  "|---|---|---|---|---|"]
         lines += [f"| {k} | {m[k]['rss_after_weights_mib']:.0f} | {m[k]['peak_rss_mib']:.0f} | "
-                  f"{m[k]['backprop_mib']:.0f} | {m[k]['seconds']:.1f} |" for k in ("plain", "checkpoint_calls")]
+                  f"{m[k]['backprop_mib']:.0f} | {m[k]['seconds']:.1f} |" for k in m if k != "setting"]
         lines.append("")
     lines += ["Environment:", common.env_markdown(results["env"])]
     print("wrote", *common.write_results("flow_pipelines", results, "\n".join(lines)))

@@ -134,8 +134,8 @@ def warm_started_times(noise: NoiseSchedule, n: int, warm: int, grid: str = "log
         raise ValueError(f"need 0 <= warm < n, got warm={warm}, n={n}")
     t_hi = torch.tensor(noise.t_max, dtype=torch.float64)
     t_lo = torch.tensor(noise.t_min, dtype=torch.float64)
-    if grid == "logsnr":
-        a, b = noise.lam(t_hi), noise.lam(t_lo)
+    if grid == "logsnr":  # finite from pure noise too: the span of discretize's lambda grids
+        a, b = (torch.tensor(v, dtype=torch.float64) for v in noise.lam_span())
     else:
         a, b = noise.ode_coordinates(t_hi)[1], noise.ode_coordinates(t_lo)[1]
     span = b - a
