@@ -134,6 +134,10 @@ def build_parser() -> Parser:
                     help="teacher discretisation (default: edm, the paper's; time_quadratic for a flow)")
     le.add_argument("--seed", type=SEED, default=0)
     le.add_argument("--checkpoint-calls", action="store_true", help="recompute network activations in backward")
+    le.add_argument("--coefficients", nargs="?", const="exact", choices=["exact", "relaxed"],
+                    help="also learn the solver: after LD3's rounds, corrections of its weights on buffered "
+                         "denoiser outputs (exact: zero-sum, exact for a constant denoiser; relaxed: also a scale "
+                         "of each update's total weight). Off by default")
     le.add_argument("--pipeline", help="a local diffusers pipeline folder (Stable Diffusion, SD3 or Flux; safetensors "
                                        "weights, nothing fetched) instead of --model; needs --prompts")
     le.add_argument("--prompts", help="with --pipeline: a text file, one prompt per line (split between training "
@@ -513,11 +517,12 @@ def cmd_learn(args) -> int:
                 mode=args.mode, teacher=teacher, n_train=args.n_train, n_valid=args.n_valid, loss=args.loss,
                 cond=cond, init=init, out=work, resume=args.resume, seed=args.seed,
                 decoder=den.decode if args.pixel_loss else None, checkpoint_calls=args.checkpoint_calls,
-                **({"variant": args.variant} if args.variant else {}))
+                coefficients=args.coefficients or False, **({"variant": args.variant} if args.variant else {}))
     res.schedule.save(out)
     m = res.schedule.metrics
+    ld3 = f" (LD3's times alone: {m['valid_hard_ld3']:.4f})" if "valid_hard_ld3" in m else ""
     print(f"learned {args.solver} nfe={args.nfe}: held-out {m['loss']} {m['valid_hard_init']:.4f} -> "
-          f"{m['valid_hard']:.4f} in {res.stats['seconds']:.0f} s ({res.stats['network_calls']} batched calls)")
+          f"{m['valid_hard']:.4f}{ld3} in {res.stats['seconds']:.0f} s ({res.stats['network_calls']} batched calls)")
     print(f"schedule: {args.out}; checkpoints, teacher pairs and plots: {work}")
     return 0
 

@@ -75,6 +75,14 @@ class LD3Config:
     min_lr_xi: float = 5e-5
     min_lr_xi_c: float = 1e-6
     seed: int = 0
+    # The learned solver (learn(coefficients=...)): phase 3 learns corrections of the solver's weights on
+    # buffered denoiser outputs jointly with xi and xi_c, starting from LD3's best (phases 1-2).
+    coefficients: str | None = None  # None (LD3 only) | "exact" | "relaxed"
+    rounds_coef: int = 7        # as many as LD3's rounds: the learned solver costs at most 2x LD3
+    lr_coef: float = 0.03       # Adam on the corrections (fractions of an update's total output weight)
+    coef_reg: float = 1e-4      # lambda * sum u^2: pulls the corrections toward the base solver
+    min_lr_coef: float = 1e-4
+    coef_joint: bool = True     # phase 3 also updates xi and xi_c (False: the corrections alone, times fixed)
 
     def validate(self):
         if self.mode not in MODES:
@@ -84,6 +92,13 @@ class LD3Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.rounds_xi < 0 or self.rounds_both < 0 or self.rounds_xi + self.rounds_both < 1:
             raise ValueError("need at least one training round (rounds_xi + rounds_both >= 1)")
+        if self.coefficients not in (None,) + solvers.COEFFICIENT_FORMS:
+            raise ValueError(f"coefficients must be False, True or one of {solvers.COEFFICIENT_FORMS}, "
+                             f"got {self.coefficients!r}")
+        if self.coefficients is not None and self.rounds_coef < 1:
+            raise ValueError("learning coefficients needs rounds_coef >= 1")
+        if not (self.coef_reg >= 0 and self.lr_coef > 0):
+            raise ValueError(f"need coef_reg >= 0 and lr_coef > 0, got {self.coef_reg}, {self.lr_coef}")
         if not 0 < self.win_rate <= 0.5:
             raise ValueError(f"win_rate must be in (0, 0.5] so shifted times stay between neighbours, "
                              f"got {self.win_rate}")
@@ -157,6 +172,18 @@ class TimeParams(nn.Module):
             self.xi_c.copy_(self.coord(sched.t_eval[1:]) - solvers.default_t_eval(self.solver, c)[1:])
 
 
+class CoefParams(nn.Module):
+    """The learned solver's corrections (PlanBuilder.correct): one flat float64 vector, split per call."""
+
+    def __init__(self, free: tuple[int, ...]):
+        super().__init__()
+        self.free = tuple(free)
+        self.u = nn.Parameter(torch.zeros(sum(self.free), dtype=DTYPE))
+
+    def forward(self) -> list[torch.Tensor]:
+        return list(torch.split(self.u, list(self.free)))
+
+
 def project_ball(z_new: torch.Tensor, z0: torch.Tensor, radius: float) -> torch.Tensor:
     """The point of the ball ||z - z0|| <= radius (per sample) nearest to z_new."""
     d = (z_new - z0).flatten(1)
@@ -199,6 +226,11 @@ class LD3Trainer:
         self.y_train, self.y_valid = self._decoded(self.train.y), self._decoded(self.valid.y)
         self.params = TimeParams(den.noise, solver, nfe, config.mode, config.win_rate, config.decoupled, init)
         self.params.to(self.device)
+        with torch.no_grad():
+            free = solvers.make_plan(den.noise, *self.params(), solver=solver, order=self.order,
+                                     coefficient_form=config.coefficients or "exact", **self.solver_options).free
+        self.coef = CoefParams(free).to(self.device)
+        self.opt_coef = torch.optim.Adam([self.coef.u], lr=config.lr_coef)
         self.lr_xi_c = config.lr_xi_c if config.lr_xi_c is not None else 0.1 / nfe
         self.lr_z = config.lr_z if config.lr_z is not None else 12.0 / nfe
         dim = math.prod(teacher.z.shape[1:])
@@ -223,8 +255,10 @@ class LD3Trainer:
 
     def student(self, z: torch.Tensor, cond) -> torch.Tensor:
         t, t_eval = self.params()
+        learned = self.cfg.coefficients is not None and self.round >= self.ld3_rounds
         plan = solvers.make_plan(self.den.noise, t, t_eval, solver=self.solver, order=self.order,
-                                 **self.solver_options)
+                                 coefficients=self.coef() if learned else None,
+                                 coefficient_form=self.cfg.coefficients or "exact", **self.solver_options)
         self.calls += plan.nfe
         x = run_plan(plan, self.den, z.to(self.device, self.dtype), cond, checkpoint=self.checkpoint_calls)
         return x if self.decoder is None else self.decoder(x)
@@ -238,11 +272,15 @@ class LD3Trainer:
     # ----- one round ------------------------------------------------------------------
 
     def phase(self, r: int) -> int:
-        return 1 if r < self.cfg.rounds_xi else 2
+        return 1 if r < self.cfg.rounds_xi else 2 if r < self.ld3_rounds else 3
+
+    @property
+    def ld3_rounds(self) -> int:
+        return self.cfg.rounds_xi + self.cfg.rounds_both
 
     @property
     def total_rounds(self) -> int:
-        return self.cfg.rounds_xi + self.cfg.rounds_both
+        return self.ld3_rounds + (self.cfg.rounds_coef if self.cfg.coefficients is not None else 0)
 
     def _soft_step(self, z_store, z_true, y, cond, idx, update_params: bool):
         """Loss at the stored z', one SGD step on z' (and the time parameters), accept-if-better."""
@@ -252,13 +290,22 @@ class LD3Trainer:
             raise NonFiniteLoss(f"non-finite loss {losses.detach().tolist()} at round {self.round}")
         self.opt_xi.zero_grad()
         self.opt_xi_c.zero_grad()
-        losses.mean().backward()
-        if update_params:
+        self.opt_coef.zero_grad()
+        phase = self.phase(self.round)
+        objective = losses.mean()
+        if phase == 3 and update_params and self.cfg.coef_reg:
+            objective = objective + self.cfg.coef_reg * self.coef.u.square().sum()
+        objective.backward()
+        if update_params and (phase < 3 or self.cfg.coef_joint):
             nn.utils.clip_grad_norm_([self.params.xi], self.cfg.clip)
             nn.utils.clip_grad_norm_([self.params.xi_c], self.cfg.clip)
             self.opt_xi.step()
-            if self.phase(self.round) == 2 and self.cfg.decoupled:
+            if phase >= 2 and self.cfg.decoupled:
                 self.opt_xi_c.step()
+        if update_params:
+            if phase == 3:
+                nn.utils.clip_grad_norm_([self.coef.u], self.cfg.clip)
+                self.opt_coef.step()
         if self.cfg.soft:
             with torch.no_grad():
                 z0 = z_true[idx].to(self.device, self.dtype)
@@ -284,14 +331,14 @@ class LD3Trainer:
     def train_round(self) -> dict:
         r = self.round
         if self.best is not None:  # every round starts from the best parameters so far
-            self._set_params(self.best["xi"], self.best["xi_c"])
+            self._set_params(self.best["xi"], self.best["xi_c"], self.best["coef"])
         order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(self.cfg.seed * 7919 + r))
         batches = order.split(self.cfg.batch_size)
         losses, message = [], None
         bar = progress(batches, desc=f"LD3 round {r + 1}/{self.total_rounds} (phase {self.phase(r)})",
                        disable=not self.show_progress)
         for idx in bar:
-            good = (self.params.xi.detach().clone(), self.params.xi_c.detach().clone())
+            good = (self.params.xi.detach().clone(), self.params.xi_c.detach().clone(), self.coef.u.detach().clone())
             try:
                 loss = self._soft_step(self.z_train, self.train.z, self.y_train, self._cond(self.train, idx), idx,
                                        update_params=True)
@@ -300,7 +347,8 @@ class LD3Trainer:
                 message = f"{e}; round stopped, last good parameters kept"
                 warnings.warn(f"LD3: {message}", stacklevel=2)
                 break
-            if not (torch.isfinite(self.params.xi).all() and torch.isfinite(self.params.xi_c).all()):
+            if not (torch.isfinite(self.params.xi).all() and torch.isfinite(self.params.xi_c).all()
+                    and torch.isfinite(self.coef.u).all()):
                 self._set_params(*good)
                 message = f"non-finite parameters after a step at round {r}; round stopped, last good parameters kept"
                 warnings.warn(f"LD3: {message}", stacklevel=2)
@@ -311,6 +359,9 @@ class LD3Trainer:
         rec = {"round": r, "phase": self.phase(r), "train_soft": sum(losses) / len(losses) if losses else float("nan"),
                **self.validate(), "lr_xi": self.opt_xi.param_groups[0]["lr"],
                "lr_xi_c": self.opt_xi_c.param_groups[0]["lr"], "calls": self.calls}
+        if self.phase(r) == 3:
+            rec["lr_coef"] = self.opt_coef.param_groups[0]["lr"]
+            rec["coef_norm"] = float(self.coef.u.detach().norm())
         if message:
             rec["stopped"] = message
         self._select(rec)
@@ -319,20 +370,24 @@ class LD3Trainer:
     def _select(self, rec: dict) -> None:
         if self.best is None or rec["valid_hard"] < self.best["valid_hard"]:
             self.best = {"valid_hard": rec["valid_hard"], "valid_soft": rec["valid_soft"], "round": rec["round"],
-                         "xi": self.params.xi.detach().clone(), "xi_c": self.params.xi_c.detach().clone()}
+                         "xi": self.params.xi.detach().clone(), "xi_c": self.params.xi_c.detach().clone(),
+                         "coef": self.coef.u.detach().clone()}
             self.count_worse = 0
         else:
             self.count_worse += 1
             if self.count_worse >= self.cfg.patience:
                 self.count_worse = 0
-                for opt, floor in ((self.opt_xi, self.cfg.min_lr_xi), (self.opt_xi_c, self.cfg.min_lr_xi_c)):
+                for opt, floor in ((self.opt_xi, self.cfg.min_lr_xi), (self.opt_xi_c, self.cfg.min_lr_xi_c),
+                                   (self.opt_coef, self.cfg.min_lr_coef)):
                     opt.param_groups[0]["lr"] = max(opt.param_groups[0]["lr"] * self.cfg.lr_decay, floor)
         rec["best_round"] = self.best["round"]
 
-    def _set_params(self, xi, xi_c):
+    def _set_params(self, xi, xi_c, coef=None):
         with torch.no_grad():
             self.params.xi.copy_(xi)
             self.params.xi_c.copy_(xi_c)
+            if coef is not None:
+                self.coef.u.copy_(coef)
 
     @torch.no_grad()
     def choose_init(self) -> Schedule:
@@ -364,7 +419,8 @@ class LD3Trainer:
         return {"identity": self.identity(), "round": self.round, "count_worse": self.count_worse,
                 "calls": self.calls, "elapsed": self.elapsed, "history": self.history, "best": self.best,
                 "params": self.params.state_dict(), "opt_xi": self.opt_xi.state_dict(),
-                "opt_xi_c": self.opt_xi_c.state_dict(), "z_train": self.z_train, "z_valid": self.z_valid}
+                "opt_xi_c": self.opt_xi_c.state_dict(), "coef": self.coef.u.detach(),
+                "opt_coef": self.opt_coef.state_dict(), "z_train": self.z_train, "z_valid": self.z_valid}
 
     def load_state_dict(self, state: dict, where: str = "LD3 checkpoint") -> None:
         """Restore a run from a checkpoint, checking every field first (StateFileError names the field)."""
@@ -382,13 +438,15 @@ class LD3Trainer:
         best.int("round", -1, self.total_rounds)
         best.tensor("xi", shape=(n_steps,), floating=True, finite=True)
         best.tensor("xi_c", shape=(n_shift,), floating=True, finite=True)
+        best.tensor("coef", shape=self.coef.u.shape, floating=True, finite=True)
+        coef = f.tensor("coef", shape=self.coef.u.shape, floating=True, finite=True)
         z_train = f.tensor("z_train", shape=self.z_train.shape, floating=True, finite=True)
         z_valid = f.tensor("z_valid", shape=self.z_valid.shape, floating=True, finite=True)
         params = f.sub("params")
         for key, value in self.params.state_dict().items():
             params.tensor(key, shape=value.shape, floating=True, finite=True)
         opt_states = {}
-        for key, param in (("opt_xi", self.params.xi), ("opt_xi_c", self.params.xi_c)):
+        for key, param in (("opt_xi", self.params.xi), ("opt_xi_c", self.params.xi_c), ("opt_coef", self.coef.u)):
             opt = f.sub(key)
             for slot in opt.get("state", dict).values():
                 for name, v in (slot.items() if isinstance(slot, dict) else [("?", slot)]):
@@ -399,6 +457,8 @@ class LD3Trainer:
             self.params.load_state_dict(params.tree)
             self.opt_xi.load_state_dict(opt_states["opt_xi"])
             self.opt_xi_c.load_state_dict(opt_states["opt_xi_c"])
+            self.opt_coef.load_state_dict(opt_states["opt_coef"])
+            self._set_params(self.params.xi.detach(), self.params.xi_c.detach(), coef)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
             raise StateFileError(f"{where}: does not fit this run ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
@@ -428,7 +488,7 @@ class LD3Trainer:
             self.round += 1
             self.elapsed = time.perf_counter() - start
             self.save_checkpoint()
-        self._set_params(self.best["xi"], self.best["xi_c"])
+        self._set_params(self.best["xi"], self.best["xi_c"], self.best["coef"])
         return LearnResult(self.schedule(), self.history, self.stats())
 
     def stats(self) -> dict:
@@ -442,18 +502,26 @@ class LD3Trainer:
         with torch.no_grad():
             t, t_eval = self.params()
         init = self.history[0]
+        learned = {}
+        if self.cfg.coefficients is not None:
+            ld3 = min(h["valid_hard"] for h in self.history if h["round"] < self.ld3_rounds)
+            learned = {"coefficients": [c.cpu() for c in self.coef()], "coefficient_form": self.cfg.coefficients}
         return Schedule(
             t=t.cpu(), t_eval=t_eval.cpu(), noise=self.den.noise, final="t_min", solver=self.solver,
             order=self.order, variant=self.solver_options.get("variant"),
             lower_order_final=self.solver_options.get("lower_order_final"),
-            guidance_scale=self.den.guidance_scale, fingerprint=self.den.fingerprint(), origin="ld3",
+            guidance_scale=self.den.guidance_scale, fingerprint=self.den.fingerprint(),
+            origin="ld3+coefficients" if learned else "ld3", **learned,
             metrics={"valid_hard": self.best["valid_hard"], "valid_soft": self.best["valid_soft"],
                      "valid_hard_init": init["valid_hard"], "valid_soft_init": init["valid_soft"],
+                     **({"valid_hard_ld3": ld3} if learned else {}),
                      "best_round": self.best["round"], "loss": self.loss_name},
             info={"mode": self.cfg.mode, "teacher": self.teacher_info.get("teacher"),
                   "teacher_seed": self.teacher_info.get("seed"), "n_train": self.cfg.n_train,
                   "n_valid": self.cfg.n_valid, "seed": self.cfg.seed, "soft": self.cfg.soft,
-                  "decoupled": self.cfg.decoupled, "rounds": [self.cfg.rounds_xi, self.cfg.rounds_both],
+                  "decoupled": self.cfg.decoupled, "rounds": [self.cfg.rounds_xi, self.cfg.rounds_both]
+                  + ([self.cfg.rounds_coef] if learned else []),
+                  **({"coef_reg": self.cfg.coef_reg, "lr_coef": self.cfg.lr_coef} if learned else {}),
                   "init": getattr(self, "init_choice", None),
                   "stats": self.stats()})
 
@@ -507,7 +575,7 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
           teacher=None, n_train: int = 50, n_valid: int = 50, loss="pseudo_huber", decoder=None, cond=None,
           init: Schedule | str | None = None, out: str | None = None, resume: bool = False, seed: int = 0,
           checkpoint_calls: bool = False, show_progress: bool = True, config: LD3Config | None = None,
-          **solver_options) -> LearnResult:
+          coefficients: bool | str = False, **solver_options) -> LearnResult:
     """Learn a schedule (t and t_eval) for one model, solver, order and nfe with LD3.
 
     shape: of one sample (e.g. (1, 8, 8)). teacher: a TeacherSpec (default TeacherSpec.default_for the
@@ -527,6 +595,11 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
     flow-matching grid at several shifts) with the lowest loss on the training pairs.
     out: folder for the teacher pairs, a checkpoint after every round (resume=True continues
     an interrupted run), the schedule and its plots. solver_options: variant, lower_order_final.
+    coefficients: False (LD3: times only), True / "exact" (the learned solver: after LD3's rounds,
+    config.rounds_coef more rounds learn corrections of the solver's weights on buffered denoiser outputs
+    jointly with the times, zero-sum per update so the solver stays exact for a constant denoiser; the
+    best round on the validation pairs wins, LD3's included), or "relaxed" (also a scale of each
+    update's total weight). The schedule then carries `coefficients` (format version 2).
     mode: "lambda" (the paper's choice for pixel models), "time" (latent models), or "auto": learn
     both (in out/lambda and out/time) and keep the one with the lower validation hard loss; the
     result's history is the winner's, schedule.info["mode_selection"] records both losses.
@@ -542,7 +615,8 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
             runs[m] = learn(den, solver=solver, order=order, nfe=nfe, shape=shape, mode=m, teacher=teacher,
                             n_train=n_train, n_valid=n_valid, loss=loss, decoder=decoder, cond=cond, init=init,
                             out=sub, resume=resume, seed=seed, checkpoint_calls=checkpoint_calls,
-                            show_progress=show_progress, config=config, **solver_options)
+                            show_progress=show_progress, config=config, coefficients=coefficients,
+                            **solver_options)
         best = min(runs, key=lambda m: runs[m].schedule.metrics["valid_hard"])
         result = runs[best]
         result.schedule.info["mode_selection"] = {m: r.schedule.metrics["valid_hard"] for m, r in runs.items()}
@@ -555,7 +629,12 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
     if unknown:
         raise TypeError(f"unknown solver option(s) {sorted(unknown)}; known: variant, lower_order_final")
     solvers.steps_for_nfe(solver, nfe)
-    cfg = dataclasses.replace(config or LD3Config(), mode=mode, n_train=n_train, n_valid=n_valid, seed=seed)
+    if coefficients is True:
+        coefficients = "exact"
+    elif coefficients is False:
+        coefficients = None
+    cfg = dataclasses.replace(config or LD3Config(), mode=mode, n_train=n_train, n_valid=n_valid, seed=seed,
+                              coefficients=coefficients if coefficients is not None else (config or LD3Config()).coefficients)
     cfg.validate()
     split = None
     if callable(cond):  # drawn now (as make_teacher draws it), so that the pairs' identity includes it

@@ -114,6 +114,7 @@ class Plan(_Calls):
     solver: str
     order: int
     options: dict
+    free: tuple[int, ...] = ()  # learnable coefficient corrections per call (PlanBuilder.correct)
 
     def cast(self, dtype: torch.dtype, device=None) -> list[torch.Tensor]:
         """The one place where plan coefficients leave float64: one table per step."""
@@ -130,12 +131,15 @@ class Plan(_Calls):
 class PlanBuilder:
     """Records network calls and register updates written with `Lin` algebra."""
 
-    def __init__(self, t, t_eval, solver: str, order: int, options: dict):
+    def __init__(self, t, t_eval, solver: str, order: int, options: dict, corrections=None, relaxed: bool = False):
         self.t, self.t_eval = t, t_eval
         self.solver, self.order, self.options = solver, order, options
         self.registers: tuple[str, ...] = ("x",)
         self.steps: list[Step] = []
         self._input: int | None = None
+        self.corrections, self.relaxed = corrections, relaxed
+        self.free: list[int] = []  # corrections consumed per call
+        self._used = 0
 
     def reg(self, name: str) -> Lin:
         if name not in self.registers:
@@ -147,7 +151,38 @@ class PlanBuilder:
         if self._input is not None:
             raise RuntimeError("call() twice without update()")
         self._input = self.registers.index(register)
+        self._used = 0
         return Lin.of(D)
+
+    def correct(self, weight, outputs: list[Lin]) -> Lin:
+        """The learned correction of one update's weights on buffered denoiser outputs.
+
+        outputs: the update's output sources, newest first (D, then m1, m2, ...; for iPNDM and
+        Heun their slopes eps / velocity, which are constant where D is); weight: the update's
+        total weight on them in the base solver (alpha_t (1 - e^-h) for the data-prediction
+        solvers). With learned values u_1..u_{n-1} the correction is
+            weight * sum_k u_k (outputs[k] - outputs[0]),
+        which moves weight between outputs and sums to zero: on a trajectory where every output
+        is the same (a constant denoiser), the update is the base solver's, and the state
+        coefficient is never touched. `relaxed` adds g * weight * outputs[0] (the total weight
+        scaled by 1 + g: exactness on a constant denoiser is then given up).
+        Without corrections (None) this is the empty combination: the plan is the base solver's
+        bit for bit; the number of values this update takes is recorded in any case.
+        """
+        if self._input is None:
+            raise RuntimeError("correct() belongs between call() and update()")
+        n = len(outputs) - 1 + int(self.relaxed)
+        start, self._used = self._used, self._used + n
+        if self.corrections is None or n == 0:
+            return Lin()
+        u = self.corrections[len(self.steps)]
+        if start + n > len(u):
+            raise ValueError(f"call {len(self.steps)}: {len(u)} coefficient corrections given, the plan needs more")
+        u = u[start:start + n]
+        out = lin_sum(u[k - 1] * (outputs[k] - outputs[0]) for k in range(1, len(outputs)))
+        if self.relaxed:
+            out = out + u[n - 1] * outputs[0]
+        return out * weight
 
     def update(self, **new: Lin) -> None:
         if self._input is None:
@@ -164,6 +199,10 @@ class PlanBuilder:
             identity.append(len(src) == 1 and isinstance(lin.terms[cols[src[0]]], float)
                             and lin.terms[cols[src[0]]] == 1.0)
             rows.append(torch.stack([as_time(lin.terms[c]) if c in lin.terms else zero for c in cols]))
+        if self.corrections is not None and len(self.corrections[len(self.steps)]) != self._used:
+            raise ValueError(f"call {len(self.steps)}: {len(self.corrections[len(self.steps)])} coefficient "
+                             f"corrections given, the plan takes {self._used}")
+        self.free.append(self._used)
         self.steps.append(Step(self._input, self.registers, tuple(new), tuple(sources),
                                torch.stack(rows), tuple(identity)))
         self.registers = tuple(new)
@@ -174,7 +213,9 @@ class PlanBuilder:
             raise RuntimeError(f"{self.solver}: planned {len(self.steps)} calls for {len(self.t_eval)} eval times")
         if self.registers != ("x",):
             raise RuntimeError(f"{self.solver}: plan must end with the single register 'x', has {self.registers}")
-        return Plan(self.t, self.t_eval, tuple(self.steps), self.solver, self.order, self.options)
+        if self.corrections is not None and len(self.corrections) != len(self.steps):
+            raise ValueError(f"{len(self.corrections)} lists of coefficient corrections for {len(self.steps)} calls")
+        return Plan(self.t, self.t_eval, tuple(self.steps), self.solver, self.order, self.options, tuple(self.free))
 
 
 class StepTimes:
@@ -206,6 +247,11 @@ class StepTimes:
             self.lam = noise.lam(tt)
         self.first_history = 1 if self.open_start else 0
         self.scale, self.level = noise.ode_coordinates(tt)
+
+    def d_weight(self, s: int) -> torch.Tensor:
+        """alpha_{s+1} (1 - e^-h): the total weight on D of an exponential-integrator step s -> s + 1
+        (alpha_{s+1} from pure noise, h = inf)."""
+        return -self.alpha[s + 1] * torch.expm1(self.lam[s] - self.lam[s + 1])
 
     def lands_on_zero(self, i: int) -> bool:
         """True for the last step when it goes to sigma = 0."""

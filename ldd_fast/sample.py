@@ -58,6 +58,21 @@ def plan_for(den: Denoiser, schedule: Schedule, *, solver: str | None = None, or
                         f"{den.fingerprint()[:12]}...)")
     if schedule.guidance_scale is not None and schedule.guidance_scale != den.guidance_scale:
         mismatch.append(f"guidance scale {schedule.guidance_scale} (model: {den.guidance_scale})")
+    if schedule.coefficients is not None:
+        # Learned coefficients correct one solver's weights: no force runs them on another solver.
+        asked = {"solver": solver, "order": order, "variant": variant, "lower_order_final": lower_order_final}
+        made = {"solver": schedule.solver, "order": schedule.order, "variant": schedule.variant,
+                "lower_order_final": schedule.lower_order_final}
+        made_spec = solvers.get_solver(schedule.solver)  # options left unset were validated at their defaults
+        if made["variant"] is None and "variant" in made_spec.options:
+            made["variant"] = made_spec.default_variant
+        if made["lower_order_final"] is None and "lower_order_final" in made_spec.options:
+            made["lower_order_final"] = len(schedule.t) - 1 < solvers.LOWER_ORDER_FINAL_BELOW
+        wrong = [f"{k} {made[k]!r} (asked: {asked[k]!r})" for k in made
+                 if made[k] is not None and asked[k] is not None and asked[k] != made[k]]
+        if wrong:
+            raise IncompatibleSchedule("this schedule holds solver coefficients learned for " + "; ".join(wrong)
+                                       + ": they cannot run on another solver, even with force")
     if mismatch and not force:
         raise IncompatibleSchedule("the schedule was made for " + "; ".join(mismatch)
                                    + ". Pass force=True to use it anyway.")
@@ -70,7 +85,8 @@ def plan_for(den: Denoiser, schedule: Schedule, *, solver: str | None = None, or
                                        f"schedule {den.noise!r}: {e}") from None
     return solvers.make_plan(schedule.noise, schedule.t, schedule.t_eval, solver=solver,
                              order=order, final=schedule.final, lower_order_final=lower_order_final,
-                             variant=variant)
+                             variant=variant, coefficients=schedule.coefficients,
+                             coefficient_form=schedule.coefficient_form)
 
 
 def check_noise(z, cond=None, den: Denoiser | None = None, *, values: bool = True) -> None:

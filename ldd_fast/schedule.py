@@ -14,13 +14,15 @@ from .errors import LddFastError, ScheduleError, finite_number
 from .io import atomic_write_text, read_json
 from .noise import DTYPE, NoiseSchedule, RectifiedFlow, from_description
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written when a schedule holds learned solver coefficients; plain schedules stay version 1
+READ_VERSIONS = (1, 2)
 KINDS = ("time_uniform", "time_quadratic", "logsnr", "edm")
 FLOW_KINDS = ("flowmatch", "flux")  # the flow-matching pipelines' own grids (rectified flows only)
 _RANGE_RTOL = 1e-9
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 FIELDS = ("t", "t_eval", "noise", "final", "solver", "order", "variant", "lower_order_final", "guidance_scale",
-          "fingerprint", "origin", "metrics", "info")
+          "fingerprint", "coefficients", "coefficient_form", "origin", "metrics", "info")
+COEFFICIENT_LIMIT = 1e3  # |correction| in units of an update's total output weight; far beyond any learned one
 _FILE_KEYS = {"format_version", "nfe", *FIELDS}
 
 __all__ = ["Schedule", "ScheduleError", "discretize", "flux_mu", "hand_made", "KINDS", "FLOW_KINDS", "FLOW_SHIFTS",
@@ -38,6 +40,29 @@ def _as_times(name: str, v) -> tuple[float, ...]:
     if not v:
         raise ScheduleError(f"field {name!r}: expected a non-empty 1-D list of times, got an empty list")
     return tuple(finite_number(x, f"field {name!r}: {name}[{i}]", ScheduleError) for i, x in enumerate(v))
+
+
+def _as_coefficients(v) -> tuple[tuple[float, ...], ...] | None:
+    """Learned corrections: one list of numbers per network call (None: the base solver)."""
+    if v is None:
+        return None
+    if isinstance(v, torch.Tensor) or not isinstance(v, (list, tuple)):
+        raise ScheduleError(f"field 'coefficients': expected one list of numbers per network call, got "
+                            f"{type(v).__name__}")
+    out = []
+    for i, row in enumerate(v):
+        if isinstance(row, torch.Tensor):
+            row = row.detach().to("cpu", DTYPE).reshape(-1).tolist() if row.dim() <= 1 else row
+        if isinstance(row, torch.Tensor) or not isinstance(row, (list, tuple)):
+            raise ScheduleError(f"field 'coefficients': entry {i} must be a list of numbers, got {type(row).__name__}")
+        vals = tuple(finite_number(x, f"field 'coefficients': coefficients[{i}][{j}]", ScheduleError)
+                     for j, x in enumerate(row))
+        for j, x in enumerate(vals):
+            if abs(x) > COEFFICIENT_LIMIT:
+                raise ScheduleError(f"field 'coefficients': coefficients[{i}][{j}]={x} exceeds {COEFFICIENT_LIMIT:g} "
+                                    f"(corrections are fractions of an update's total weight)")
+        out.append(vals)
+    return tuple(out)
 
 
 def _optional(name: str, v, types, what: str):
@@ -86,22 +111,28 @@ class Schedule:
        solver (learned schedules); None for hand-made ones, which fit any solver of their layout.
     guidance_scale: the guidance the schedule was made with (None: any).
     fingerprint: the model's fingerprint for learned schedules (None: any model).
+    coefficients: learned corrections of the solver's weights on buffered denoiser outputs (one list
+       per network call, sizes given by the solver's plan: PlanBuilder.correct), or None for the
+       base solver; they need solver and order. coefficient_form: "exact" (zero-sum, the default)
+       or "relaxed". A schedule with coefficients is written as format version 2.
     origin, metrics, info: free-form description; metrics and info are dicts that code may add
        to (they never change a sample) but that must stay JSON-serialisable.
 
     Every field that decides a sample (t, t_eval, noise, final, solver, order, variant,
-    lower_order_final, guidance_scale, fingerprint) is checked once, here, and cannot change
+    lower_order_final, guidance_scale, fingerprint, coefficients) is checked once, here, and cannot change
     afterwards: `t` and `t_eval` return fresh float64 tensors, assigning a field raises, and
     `schedule.replace(field=...)` builds a new, validated Schedule.
     """
 
     __slots__ = ("_t", "_t_eval", "_noise", "_final", "_solver", "_order", "_variant", "_lower_order_final",
-                 "_guidance_scale", "_fingerprint", "_origin", "_metrics", "_info")
+                 "_guidance_scale", "_fingerprint", "_coefficients", "_coefficient_form", "_origin", "_metrics",
+                 "_info")
 
     def __init__(self, t, t_eval, noise: NoiseSchedule, final: str = "t_min", solver: str | None = None,
                  order: int | None = None, variant: str | None = None, lower_order_final: bool | None = None,
-                 guidance_scale: float | None = None, fingerprint: str | None = None, origin: str = "",
-                 metrics: dict | None = None, info: dict | None = None):
+                 guidance_scale: float | None = None, fingerprint: str | None = None, coefficients=None,
+                 coefficient_form: str = "exact", origin: str = "", metrics: dict | None = None,
+                 info: dict | None = None):
         if not isinstance(noise, NoiseSchedule):
             raise ScheduleError(f"field 'noise': expected a NoiseSchedule, got {type(noise).__name__}")
         t, te = _as_times("t", t), _as_times("t_eval", t_eval)
@@ -118,6 +149,10 @@ class Schedule:
             raise ScheduleError(f"field 'fingerprint': expected 64 lowercase hex digits, got {fingerprint!r:.80}")
         if not isinstance(origin, str):
             raise ScheduleError(f"field 'origin': expected a string, got {type(origin).__name__}")
+        coefficients = _as_coefficients(coefficients)
+        if not isinstance(coefficient_form, str) or coefficient_form not in solvers.COEFFICIENT_FORMS:
+            raise ScheduleError(f"field 'coefficient_form': must be one of {solvers.COEFFICIENT_FORMS}, "
+                                f"got {coefficient_form!r:.60}")
         metrics = _json_dict("metrics", {} if metrics is None else metrics)
         info = _json_dict("info", {} if info is None else info)
         _check_times(t, te, noise, final)
@@ -135,6 +170,12 @@ class Schedule:
             if not solvers.layout_matches(solver, len(t), len(te)):
                 raise ScheduleError(f"fields 't'/'t_eval': {len(t)} times and {len(te)} eval times do not "
                                     f"fit solver {solver!r}")
+            if coefficients is not None:
+                _check_coefficients(coefficients, coefficient_form, t, te, noise, final, solver, order, variant,
+                                    lower_order_final)
+        elif coefficients is not None:
+            raise ScheduleError("field 'coefficients': learned coefficients need fields 'solver' and 'order' (they "
+                                "correct one solver's weights)")
         elif order is not None or variant is not None or lower_order_final is not None:
             raise ScheduleError("fields 'order' / 'variant' / 'lower_order_final' need field 'solver': they "
                                 "describe the solver the schedule was made for")
@@ -144,7 +185,8 @@ class Schedule:
                                 f"(multistep: nfe + 1 times; heun: (nfe + 1) / 2 + 1 times)")
         for name, value in (("t", t), ("t_eval", te), ("noise", noise), ("final", final), ("solver", solver),
                             ("order", order), ("variant", variant), ("lower_order_final", lower_order_final),
-                            ("guidance_scale", guidance_scale), ("fingerprint", fingerprint), ("origin", origin),
+                            ("guidance_scale", guidance_scale), ("fingerprint", fingerprint),
+                            ("coefficients", coefficients), ("coefficient_form", coefficient_form), ("origin", origin),
                             ("metrics", metrics), ("info", info)):
             object.__setattr__(self, "_" + name, value)
 
@@ -174,6 +216,9 @@ class Schedule:
     lower_order_final = property(lambda self: self._lower_order_final)
     guidance_scale = property(lambda self: self._guidance_scale)
     fingerprint = property(lambda self: self._fingerprint)
+    coefficients = property(lambda self: self._coefficients,
+                            doc="Learned solver corrections, one tuple per call (None: the base solver).")
+    coefficient_form = property(lambda self: self._coefficient_form)
     origin = property(lambda self: self._origin)
     metrics = property(lambda self: self._metrics, doc="Free-form results (JSON-serialisable); never change a sample.")
     info = property(lambda self: self._info, doc="Free-form description (JSON-serialisable); never changes a sample.")
@@ -215,8 +260,10 @@ class Schedule:
     def to_dict(self) -> dict:
         _json_dict("metrics", self._metrics)  # code may have added to them since construction
         _json_dict("info", self._info)
+        learned = {} if self._coefficients is None else {
+            "coefficients": [list(row) for row in self._coefficients], "coefficient_form": self._coefficient_form}
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if learned else 1,
             "nfe": self.nfe,
             "t": list(self._t),
             "t_eval": list(self._t_eval),
@@ -228,6 +275,7 @@ class Schedule:
             "lower_order_final": self._lower_order_final,
             "guidance_scale": self._guidance_scale,
             "fingerprint": self._fingerprint,
+            **learned,
             "origin": self._origin,
             "metrics": copy.deepcopy(self._metrics),
             "info": copy.deepcopy(self._info),
@@ -239,9 +287,11 @@ class Schedule:
         if not isinstance(d, dict):
             raise ScheduleError(f"a schedule is a JSON object, got {type(d).__name__}")
         version = d.get("format_version")
-        if isinstance(version, bool) or version != FORMAT_VERSION:
-            raise ScheduleError(f"field 'format_version': this ldd-fast reads version {FORMAT_VERSION}, "
-                                f"got {version!r:.40}")
+        if isinstance(version, bool) or version not in READ_VERSIONS:
+            raise ScheduleError(f"field 'format_version': this ldd-fast reads versions "
+                                f"{', '.join(map(str, READ_VERSIONS))}, got {version!r:.40}")
+        if version == 1 and ("coefficients" in d or "coefficient_form" in d):
+            raise ScheduleError("fields 'coefficients' / 'coefficient_form' need format_version 2")
         unknown = sorted(str(k) for k in d if k not in _FILE_KEYS)
         if unknown:
             raise ScheduleError(f"unknown field(s) {', '.join(repr(k) for k in unknown)[:200]}")
@@ -255,7 +305,8 @@ class Schedule:
         sched = cls(t=d["t"], t_eval=d["t_eval"], noise=noise, final=d.get("final", "t_min"),
                     solver=d.get("solver"), order=d.get("order"), variant=d.get("variant"),
                     lower_order_final=d.get("lower_order_final"), guidance_scale=d.get("guidance_scale"),
-                    fingerprint=d.get("fingerprint"), origin=d.get("origin", ""),
+                    fingerprint=d.get("fingerprint"), coefficients=d.get("coefficients"),
+                    coefficient_form=d.get("coefficient_form", "exact"), origin=d.get("origin", ""),
                     metrics=copy.deepcopy(d.get("metrics", {})), info=copy.deepcopy(d.get("info", {})))
         if "nfe" in d and (isinstance(d["nfe"], bool) or d["nfe"] != sched.nfe):
             raise ScheduleError(f"field 'nfe': says {d['nfe']!r:.40} but t_eval has {sched.nfe} entries")
@@ -276,12 +327,32 @@ class Schedule:
 
     def __repr__(self):
         made = f", solver={self._solver}" if self._solver else ""
+        if self._coefficients is not None:
+            made += f", learned coefficients ({self._coefficient_form})"
         return (f"Schedule(nfe={self.nfe}, {self.layout}, final={self._final}{made}, origin={self._origin!r}, "
                 f"t=[{', '.join(f'{v:.4g}' for v in self._t)}])")
 
 
 def _from_fields(fields: dict) -> Schedule:
     return Schedule(**fields)
+
+
+def _check_coefficients(coefficients, form, t, te, noise, final, solver, order, variant, lower_order_final) -> None:
+    """The corrections must fit the solver's plan: as many values per call as it has free weights."""
+    if order is None:
+        raise ScheduleError("field 'coefficients': learned coefficients need field 'order'")
+    if len(coefficients) != len(te):
+        raise ScheduleError(f"field 'coefficients': {len(coefficients)} lists for {len(te)} network calls")
+    try:
+        free = solvers.make_plan(noise, torch.tensor(t, dtype=DTYPE), torch.tensor(te, dtype=DTYPE), solver=solver,
+                                 order=order, final=final, lower_order_final=lower_order_final, variant=variant,
+                                 coefficient_form=form).free
+    except (ValueError, RuntimeError) as e:
+        raise ScheduleError(f"field 'coefficients': the solver's plan cannot be built: {e}") from None
+    sizes = tuple(len(row) for row in coefficients)
+    if sizes != free:
+        raise ScheduleError(f"field 'coefficients': sizes per call {list(sizes)} do not fit {solver}{order} "
+                            f"({form}), which has {list(free)} learnable weights per call")
 
 
 def _check_times(t: tuple, te: tuple, noise: NoiseSchedule, final: str) -> None:

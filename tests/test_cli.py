@@ -56,6 +56,23 @@ def test_learn_then_sample_with_the_learned_schedule(tmp_path, capsys):
     assert code == 2 and "made for" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_learn_coefficients_writes_a_learned_solver(tmp_path, capsys):
+    sched = tmp_path / "s.json"
+    code, out, err = run(capsys, "learn", "--model", "tests.test_cli:tiny_model", "--solver", "unipc", "--nfe", "3",
+                         "--out", str(sched), "--n-train", "2", "--n-valid", "2", "--teacher-nfe", "6",
+                         "--coefficients")
+    assert code == 0, err
+    d = json.loads(sched.read_text())
+    assert d["format_version"] == 2 and d["origin"] == "ld3+coefficients" and d["coefficient_form"] == "exact"
+    assert "LD3's times alone" in out
+    code, out, err = run(capsys, "sample", "--model", "tests.test_cli:tiny_model", "--schedule", str(sched),
+                         "-n", "2", "--out", str(tmp_path / "x.pt"))
+    assert code == 0, err
+    code, out, err = run(capsys, "sample", "--model", "tests.test_cli:tiny_model", "--schedule", str(sched),
+                         "--order", "2", "-n", "2", "--out", str(tmp_path / "y.pt"), "--force")
+    assert code == 2 and "even with force" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("argv, message", [
     (["sample", "--schedule", "missing.json", "-n", "2"], "schedule file not found"),
     (["sample", "--model", "nope", "-n", "2", "--nfe", "4"], "unknown --model"),

@@ -102,9 +102,19 @@ def layout_matches(solver: str, n_times: int, nfe: int) -> bool:
     return n_times == nfe + 1
 
 
+COEFFICIENT_FORMS = ("exact", "relaxed")
+
+
 def make_plan(noise, t: torch.Tensor, t_eval: torch.Tensor, *, solver: str, order: int | None = None,
-              final: str = "t_min", lower_order_final: bool | None = None, variant: str | None = None):
-    """Compile solver times t (len n + 1) and network times t_eval into a Plan."""
+              final: str = "t_min", lower_order_final: bool | None = None, variant: str | None = None,
+              coefficients=None, coefficient_form: str = "exact"):
+    """Compile solver times t (len n + 1) and network times t_eval into a Plan.
+
+    coefficients: learned corrections of the solver's weights on buffered denoiser outputs, one 1-D
+    float64 tensor (or list) per call, as many values as `plan.free` says (PlanBuilder.correct);
+    None: the base solver. coefficient_form: "exact" (zero-sum corrections: the solver stays exact for
+    a constant denoiser) or "relaxed" (one more value per update: a scale of its total weight).
+    """
     spec = get_solver(solver)
     order = resolve_order(spec, order)
     if final not in FINALS:
@@ -123,4 +133,11 @@ def make_plan(noise, t: torch.Tensor, t_eval: torch.Tensor, *, solver: str, orde
         kwargs["variant"] = resolve_variant(spec, variant)
     elif variant is not None:
         raise ValueError(f"solver {solver!r} has no variants, got variant={variant!r}")
-    return spec.build(noise, t, t_eval, **kwargs)
+    if coefficient_form not in COEFFICIENT_FORMS:
+        raise ValueError(f"coefficient_form must be one of {COEFFICIENT_FORMS}, got {coefficient_form!r}")
+    if coefficients is not None:
+        if len(coefficients) != len(t_eval):
+            raise ValueError(f"coefficients: {len(coefficients)} lists for {len(t_eval)} network calls")
+        coefficients = [c if isinstance(c, torch.Tensor) else torch.tensor(c, dtype=torch.float64).reshape(-1)
+                        for c in coefficients]
+    return spec.build(noise, t, t_eval, corrections=coefficients, relaxed=coefficient_form == "relaxed", **kwargs)

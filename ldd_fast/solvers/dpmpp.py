@@ -22,10 +22,10 @@ VARIANTS = ("diffusers", "taylor")
 
 
 def plan(noise, t, t_eval, *, order: int = 2, lower_order_final: bool = True, final: str = "t_min",
-         variant: str = "diffusers"):
+         variant: str = "diffusers", corrections=None, relaxed: bool = False):
     st = StepTimes(noise, t, final)
     b = PlanBuilder(t, t_eval, "dpmpp", order,
-                    {"lower_order_final": lower_order_final, "final": final, "variant": variant})
+                    {"lower_order_final": lower_order_final, "final": final, "variant": variant}, corrections, relaxed)
     orders = step_orders(st.n, order, lower_order_final, first=st.first_history)
     d2_weight = 2.0 if variant == "taylor" else 1.0
     lam = st.lam
@@ -53,5 +53,6 @@ def plan(noise, t, t_eval, *, order: int = 2, lower_order_final: bool = True, fi
             phi_2 = phi_1 / h + 1.0
             phi_3 = phi_2 / h - 0.5
             x_next = x_next + (alpha_t * phi_2) * d1 - (d2_weight * alpha_t * phi_3) * d2
+        x_next = x_next + b.correct(st.d_weight(i), [m0] + [b.reg(f"m{k}") for k in range(1, p)])
         b.update(x=x_next, **history)
     return b.build()

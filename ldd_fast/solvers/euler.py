@@ -11,14 +11,15 @@ from __future__ import annotations
 from ..plan import PlanBuilder, StepTimes
 
 
-def plan(noise, t, t_eval, *, order: int = 1, final: str = "t_min"):
+def plan(noise, t, t_eval, *, order: int = 1, final: str = "t_min", corrections=None, relaxed: bool = False):
     st = StepTimes(noise, t, final)
-    b = PlanBuilder(t, t_eval, "euler", order, {"final": final})
+    b = PlanBuilder(t, t_eval, "euler", order, {"final": final}, corrections, relaxed)
     for i in range(st.n):
         d = b.call("x")
         if st.lands_on_zero(i):
             b.update(x=d)
             continue
         ratio = st.sigma[i + 1] / st.sigma[i]
-        b.update(x=ratio * b.reg("x") + (st.alpha[i + 1] - ratio * st.alpha[i]) * d)
+        w = st.alpha[i + 1] - ratio * st.alpha[i]
+        b.update(x=ratio * b.reg("x") + w * d + b.correct(w, [d]))  # one output: a correction only when relaxed
     return b.build()

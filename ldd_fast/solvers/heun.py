@@ -13,9 +13,9 @@ from __future__ import annotations
 from ..plan import PlanBuilder, StepTimes
 
 
-def plan(noise, t, t_eval, *, order: int = 2, final: str = "t_min"):
+def plan(noise, t, t_eval, *, order: int = 2, final: str = "t_min", corrections=None, relaxed: bool = False):
     st = StepTimes(noise, t, final)
-    b = PlanBuilder(t, t_eval, "heun", order, {"final": final})
+    b = PlanBuilder(t, t_eval, "heun", order, {"final": final}, corrections, relaxed)
     for i in range(st.n):
         d_cur = b.call("x")
         if st.lands_on_zero(i):
@@ -24,8 +24,8 @@ def plan(noise, t, t_eval, *, order: int = 2, final: str = "t_min"):
         s_cur, s_next = st.level[i], st.level[i + 1]
         a_cur, a_next = st.scale[i], st.scale[i + 1]
         x_cur = b.reg("x") / a_cur
-        # Euler step.
-        x_next = x_cur + (s_next - s_cur) * (x_cur - d_cur) / s_cur
+        # Euler step (one slope: a learned correction only when relaxed).
+        x_next = x_cur + (s_next - s_cur) * (x_cur - d_cur) / s_cur + b.correct(s_next - s_cur, [(x_cur - d_cur) / s_cur])
         if i == st.n - 1:
             b.update(x=a_next * x_next)
             continue
@@ -36,5 +36,7 @@ def plan(noise, t, t_eval, *, order: int = 2, final: str = "t_min"):
         d_prime = (x_cur - d_cur) / s_cur
         x_next = x_cur + (s_next - s_cur) * d_prime
         d_prime_stage = (x_next - d_stage) / s_next
-        b.update(x=a_next * (x_cur + (s_next - s_cur) * (0.5 * d_prime + 0.5 * d_prime_stage)))
+        # Learned weights move the 1/2 : 1/2 split between the two slopes (constant for a constant denoiser).
+        x_new = x_cur + (s_next - s_cur) * (0.5 * d_prime + 0.5 * d_prime_stage)
+        b.update(x=a_next * (x_new + b.correct(s_next - s_cur, [d_prime_stage, d_prime])))
     return b.build()

@@ -16,9 +16,11 @@ AB_WEIGHTS = {
 }
 
 
-def plan(noise, t, t_eval, *, order: int = 4, lower_order_final: bool = True, final: str = "t_min"):
+def plan(noise, t, t_eval, *, order: int = 4, lower_order_final: bool = True, final: str = "t_min",
+         corrections=None, relaxed: bool = False):
     st = StepTimes(noise, t, final)
-    b = PlanBuilder(t, t_eval, "ipndm", order, {"lower_order_final": lower_order_final, "final": final})
+    b = PlanBuilder(t, t_eval, "ipndm", order, {"lower_order_final": lower_order_final, "final": final},
+                    corrections, relaxed)
     orders = step_orders(st.n, order, lower_order_final)
     for i in range(st.n):
         d = b.call("x")
@@ -32,5 +34,7 @@ def plan(noise, t, t_eval, *, order: int = 4, lower_order_final: bool = True, fi
         history = shift_history(b, eps, keep, prefix="e")
         eps_all: list[Lin] = [eps] + [b.reg(f"e{k}") for k in range(1, orders[i])]
         slope = lin_sum(w * e for w, e in zip(AB_WEIGHTS[orders[i]], eps_all))
-        b.update(x=st.scale[i + 1] * (x_cur + (s_next - s_cur) * slope), **history)
+        # Learned weights act on the buffered eps (constant along the exact path of a constant denoiser).
+        x_next = st.scale[i + 1] * (x_cur + (s_next - s_cur) * slope)
+        b.update(x=x_next + b.correct(st.scale[i + 1] * (s_next - s_cur), eps_all), **history)
     return b.build()

@@ -61,10 +61,10 @@ def _update(st: StepTimes, s: int, x: Lin, m0: Lin, past: list[Lin], variant: st
 
 
 def plan(noise, t, t_eval, *, order: int = 3, lower_order_final: bool = True, final: str = "t_min",
-         variant: str = "bh2"):
+         variant: str = "bh2", corrections=None, relaxed: bool = False):
     st = StepTimes(noise, t, final)
     b = PlanBuilder(t, t_eval, "unipc", order,
-                    {"lower_order_final": lower_order_final, "final": final, "variant": variant})
+                    {"lower_order_final": lower_order_final, "final": final, "variant": variant}, corrections, relaxed)
     orders = step_orders(st.n, order, lower_order_final, first=st.first_history)
     for i in range(st.n):
         m_i = b.call("x")
@@ -74,13 +74,14 @@ def plan(noise, t, t_eval, *, order: int = 3, lower_order_final: bool = True, fi
             p = orders[i - 1]
             past = [b.reg(f"m{k}") for k in range(2, p + 1)]
             x_c = _update(st, i - 1, b.reg("xc"), b.reg("m1"), past, variant, m_t=m_i)
+            x_c = x_c + b.correct(st.d_weight(i - 1), [m_i, b.reg("m1")] + past)
         if st.lands_on_zero(i):
             b.update(x=m_i)
             continue
         # UniP: predict x_{i+1} from the corrected state.
         p = orders[i]
         past = [b.reg(f"m{k}") for k in range(1, p)]
-        x_next = _update(st, i, x_c, m_i, past, variant, m_t=None)
+        x_next = _update(st, i, x_c, m_i, past, variant, m_t=None) + b.correct(st.d_weight(i), [m_i] + past)
         if i == st.n - 1:
             b.update(x=x_next)
             continue
