@@ -487,6 +487,7 @@ class LD3Trainer:
             self.history.append(self.train_round())
             self.round += 1
             self.elapsed = time.perf_counter() - start
+            self.history[-1]["seconds"] = self.elapsed  # cumulative: what each phase cost
             self.save_checkpoint()
         self._set_params(self.best["xi"], self.best["xi_c"], self.best["coef"])
         return LearnResult(self.schedule(), self.history, self.stats())
