@@ -58,13 +58,14 @@ def learn_one(model, solver, order, variant, nfe, ld3: dict) -> tuple[Schedule, 
     den = load(model)
     init = ld3["init"]
     init = "best" if isinstance(init, dict) else None  # LD3's own start: the best hand-made one, or uniform
+    cfg = LD3Config()
     t0 = time.perf_counter()
     res = lf.learn(den, solver=solver, order=order, nfe=nfe, shape=den.sample_shape, out=folder, resume=True,
                    mode=ld3["mode"], init=init, n_train=ld3.get("n_train", 50), n_valid=ld3.get("n_valid", 50),
-                   seed=ld3["seed"], config=LD3Config(), coefficients=True,
+                   seed=ld3["seed"], config=cfg, coefficients=True,
                    **({"variant": variant} if variant else {}))
     hist = res.history
-    ld3_rounds = [h for h in hist if 0 <= h["round"] < 7]
+    ld3_rounds = [h for h in hist if 0 <= h["round"] < cfg.rounds_xi + cfg.rounds_both]
     ld3_calls = max(h["calls"] for h in ld3_rounds)
     ld3_seconds = max((h.get("seconds", float("nan")) for h in ld3_rounds), default=float("nan"))
     cost = {"wall_seconds": time.perf_counter() - t0, "seconds": res.stats["seconds"],

@@ -210,7 +210,7 @@ class LD3Trainer:
                  config: LD3Config, loss="pseudo_huber", decoder=None, init: Schedule | None = None, out: str | None = None,
                  checkpoint_calls: bool = False, show_progress: bool = True, **solver_options):
         config.validate()
-        self.order, self.solver_options = resolve_solver(solver, order, nfe, solver_options)
+        self.order, self.solver_options = solvers.resolve_options(solver, order, nfe, solver_options)
         self.solver, self.nfe, self.cfg, self.den = solver, nfe, config, den
         need = config.n_train + config.n_valid
         if len(teacher) < need:
@@ -527,18 +527,6 @@ class LD3Trainer:
                   "stats": self.stats()})
 
 
-def resolve_solver(solver: str, order: int | None, nfe: int, options: dict) -> tuple[int, dict]:
-    """The order and the full solver options a run uses (defaults filled in, as make_plan fills them)."""
-    spec = solvers.get_solver(solver)
-    order = solvers.resolve_order(spec, order)
-    options = dict(options)
-    if "lower_order_final" in spec.options and options.get("lower_order_final") is None:
-        options["lower_order_final"] = solvers.steps_for_nfe(solver, nfe) < solvers.LOWER_ORDER_FINAL_BELOW
-    if "variant" in spec.options:
-        options["variant"] = solvers.resolve_variant(spec, options.get("variant"))
-    return order, options
-
-
 def run_identity(den, solver, order, nfe, options, cfg, loss_name, teacher_info) -> dict:
     """What a checkpoint must match to be resumed by this run."""
     return {"solver": solver, "order": order, "nfe": nfe, "options": options, "fingerprint": den.fingerprint(),
@@ -679,7 +667,7 @@ def _learn(den, solver, order, nfe, shape, cfg, teacher, loss, decoder, cond, in
     if resume and ckpt and os.path.isfile(ckpt):
         # Checked before anything is made or written: a refused resume leaves the folder as it was.
         state = load_state(ckpt, CHECKPOINT_KIND)
-        order_, options = resolve_solver(solver, order, nfe, solver_options)
+        order_, options = solvers.resolve_options(solver, order, nfe, solver_options)
         loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "callable")
         check_identity(Fields(state, f"{CHECKPOINT_KIND} file {ckpt}"),
                        run_identity(den, solver, order_, nfe, options, cfg, loss_name, info))

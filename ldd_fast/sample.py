@@ -61,13 +61,10 @@ def plan_for(den: Denoiser, schedule: Schedule, *, solver: str | None = None, or
     if schedule.coefficients is not None:
         # Learned coefficients correct one solver's weights: no force runs them on another solver.
         asked = {"solver": solver, "order": order, "variant": variant, "lower_order_final": lower_order_final}
-        made = {"solver": schedule.solver, "order": schedule.order, "variant": schedule.variant,
-                "lower_order_final": schedule.lower_order_final}
         made_spec = solvers.get_solver(schedule.solver)  # options left unset were validated at their defaults
-        if made["variant"] is None and "variant" in made_spec.options:
-            made["variant"] = made_spec.default_variant
-        if made["lower_order_final"] is None and "lower_order_final" in made_spec.options:
-            made["lower_order_final"] = len(schedule.t) - 1 < solvers.LOWER_ORDER_FINAL_BELOW
+        _, made = solvers.resolve_options(schedule.solver, schedule.order, schedule.nfe, {
+            k: getattr(schedule, k) for k in ("variant", "lower_order_final") if k in made_spec.options})
+        made.update(solver=schedule.solver, order=schedule.order)
         wrong = [f"{k} {made[k]!r} (asked: {asked[k]!r})" for k in made
                  if made[k] is not None and asked[k] is not None and asked[k] != made[k]]
         if wrong:

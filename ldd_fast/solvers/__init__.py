@@ -74,6 +74,18 @@ def resolve_variant(spec: SolverSpec, variant: str | None) -> str | None:
     return variant
 
 
+def resolve_options(solver: str, order: int | None, nfe: int, options: dict) -> tuple[int, dict]:
+    """The order and the full solver options a plan uses: the defaults make_plan fills in, filled in here."""
+    spec = get_solver(solver)
+    order = resolve_order(spec, order)
+    options = dict(options)
+    if "lower_order_final" in spec.options and options.get("lower_order_final") is None:
+        options["lower_order_final"] = steps_for_nfe(solver, nfe) < LOWER_ORDER_FINAL_BELOW
+    if "variant" in spec.options:
+        options["variant"] = resolve_variant(spec, options.get("variant"))
+    return order, options
+
+
 def steps_for_nfe(solver: str, nfe: int) -> int:
     """Number of solver steps (len(t) - 1) that spend exactly nfe network calls."""
     spec = get_solver(solver)
