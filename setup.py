@@ -3,7 +3,13 @@
 `kernels/` and `export/` install as `ldd_fast.kernels` and `ldd_fast.export`
 (package_dir), so no generic top-level module names are installed.
 """
+import os
+import re
+
 from setuptools import setup
+
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "ldd_fast", "_version.py")) as f:
+    VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
 
 EXTRAS = {
     "triton": ["triton>=3.0"],
@@ -22,7 +28,7 @@ EXTRAS["test"] = sorted(
 
 setup(
     name="ldd-fast",
-    version="0.1.0",
+    version=VERSION,
     description="Learned time discretisations (LD3) and compiled low-NFE samplers for diffusion models",
     python_requires=">=3.10",
     packages=[

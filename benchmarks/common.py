@@ -91,5 +91,14 @@ def write_results(name: str, payload: dict, markdown: str) -> tuple[str, str]:
     return jpath, mpath
 
 
+def done_rows(name: str, key) -> dict:
+    """The rows a resumable benchmark already wrote to results/<name>.json, by key(row) ({} if none)."""
+    path = os.path.join(RESULTS, f"{name}.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return {key(r): r for r in json.load(f)["rows"]}
+
+
 def env_markdown(env: dict) -> str:
     return "\n".join(f"- {k}: {v}" for k, v in env.items()) + "\n"

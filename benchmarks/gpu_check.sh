@@ -17,9 +17,11 @@
 # the CIFAR- and SD-size rows are skipped with the import error recorded, the rest still runs.
 #
 # Sections and budgets (seconds; the whole run stops at 290):
-#   setup 25, tests 70, update_kernel 50, latency 100, latency_compile 45, archive 5
+#   setup 25, tests 60, update_kernel 40, latency 75, latency_compile 35, bench 25, plan 30
+# bench: `ldd-fast bench` (the package's lf.bench) on the built-in model with the committed LD3 schedule;
+# plan: `ldd-fast plan` with hand-made schedules only (no learning on the lent machine).
 # Output: $OUT/gpu_check_<stamp>.tar.gz (OUT defaults to benchmarks/results) with the logs, the
-# junit report, the environment and benchmarks/results/{update_kernel,latency}.cuda*.
+# junit report, the environment and benchmarks/results/{update_kernel,latency,bench,plan}.cuda*.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,6 +49,11 @@ UPDATE=(benchmarks/update_kernel.py --repeats 10 --compile-min-log2 24 --blocks 
 LATENCY=(benchmarks/latency.py --preset gpu_check)
 LATENCY_COMPILE=(benchmarks/latency.py --models cifar --backends compile --batches 1 --nfe 4 --repeats 10
                  --name latency.cuda.compile)
+BENCH=(-m ldd_fast.cli bench --model digits --schedule benchmarks/results/ld3/digits/unipc3-bh2_nfe4/schedule.json edm
+       --nfe 4 --backends eager,triton,cuda_graph --batch 1 64 --repeats 10 --device cuda --threads 1
+       --json benchmarks/results/bench.cuda.json --md benchmarks/results/bench.cuda.md)
+PLAN=(-m ldd_fast.cli plan --model digits --budget-ms 10 --batch 64 --backends eager,triton,cuda_graph --device cuda
+      --threads 1 --n-select 32 --n-eval 64 --teacher-steps 20 --repeats 5 --out benchmarks/results/plan.cuda)
 
 section() {  # section NAME BUDGET CMD... : run CMD under min(BUDGET, time left), log to $WORK/NAME.log
   local name=$1 budget=$2; shift 2
@@ -152,7 +159,12 @@ if [[ $MODE == dry ]]; then
   echo "[latency_compile] $PY ${LATENCY_COMPILE[*]}"
   "$PY" "${LATENCY_COMPILE[@]}" --dry-run > "$WORK/latency_compile.log" 2>&1 || { fail=1; cat "$WORK/latency_compile.log"; }
   head -1 "$WORK/latency_compile.log"
-  echo "[archive] tar -czf $DEST/gpu_check_$STAMP.tar.gz -C $WORK . benchmarks/results/{update_kernel,latency}.cuda*"
+  for cmd in BENCH PLAN; do  # parse_args checks every argument without loading or running anything
+    declare -n args=$cmd
+    echo "[${cmd,,}] $PY ${args[*]}"
+    "$PY" -c "import sys; from ldd_fast.cli import parse_args; parse_args(sys.argv[2:])" "${args[@]:1}" || fail=1
+  done
+  echo "[archive] tar -czf $DEST/gpu_check_$STAMP.tar.gz -C $WORK . benchmarks/results/{update_kernel,latency,bench,plan}.cuda*"
   rm -rf "$WORK"
   exit $fail
 fi
@@ -178,13 +190,16 @@ if ! "$PY" -c "import PIL.Image" > /dev/null 2>&1 && [[ -d .whl/shims ]]; then
 fi
 "$PY" -c "import diffusers; print('diffusers', diffusers.__version__)" >> "$WORK/environment.txt" 2>&1
 
-section tests 70 "$PY" "${TESTS[@]}" --junitxml="$WORK/tests.xml" -p no:cacheprovider
-section update_kernel 50 "$PY" "${UPDATE[@]}"
-section latency 100 "$PY" "${LATENCY[@]}"
-section latency_compile 45 "$PY" "${LATENCY_COMPILE[@]}"
+section tests 60 "$PY" "${TESTS[@]}" --junitxml="$WORK/tests.xml" -p no:cacheprovider
+section update_kernel 40 "$PY" "${UPDATE[@]}"
+section latency 75 "$PY" "${LATENCY[@]}"
+section latency_compile 35 "$PY" "${LATENCY_COMPILE[@]}"
+section bench 25 "$PY" "${BENCH[@]}"
+section plan 30 "$PY" "${PLAN[@]}"
 
 mkdir -p "$WORK/results" "$DEST"
-cp benchmarks/results/update_kernel.cuda* benchmarks/results/latency.cuda* "$WORK/results/" 2>/dev/null
+cp -r benchmarks/results/update_kernel.cuda* benchmarks/results/latency.cuda* benchmarks/results/bench.cuda* \
+  benchmarks/results/plan.cuda "$WORK/results/" 2>/dev/null
 echo "total: $(( $(date +%s) - START ))s" | tee -a "$SUMMARY"
 ARCHIVE="$DEST/gpu_check_$STAMP.tar.gz"
 tar -czf "$ARCHIVE" -C "$WORK" . && echo "[archive] $ARCHIVE"

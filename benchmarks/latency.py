@@ -22,14 +22,13 @@ Presets (explicit flags override them):
   gpu_check  what benchmarks/gpu_check.sh runs in its latency section
 
     python benchmarks/latency.py --preset cpu_small
-    ldd-fast bench [flags]            (the same main(argv))
+Every measurement is lf.bench (ldd_fast/bench.py): this script only chooses the models and rows.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
-import statistics
 import sys
 import time
 
@@ -87,57 +86,6 @@ def build_model(name: str, device: str):
 
 def _params(den) -> int:
     return sum(p.numel() for p in den.net.parameters())
-
-
-def floor_fn(den, fast: lf.Sampler, z, cond, backend: str):
-    """One network forward exactly as the sampler makes it, in the sampler's execution mode."""
-    guided = den.guided(cond)
-    tabs = fast.programs[guided]
-    x = torch.cat([z, z]) if guided else z.clone()
-    cond_in = fast._pair(cond, guided)
-    network = fast._network(tabs, cond_in, guided)
-
-    def forward():
-        return network(x, 0)
-    if backend == "compile":
-        compiled = torch.compile(forward, dynamic=False)
-
-        def run():
-            with torch.no_grad():
-                return compiled()
-        return run
-    if backend == "cuda_graph":
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.no_grad():
-            for _ in range(2):
-                forward()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.no_grad():
-            forward()
-        return graph.replay
-
-    def eager():
-        with torch.no_grad():
-            return forward()
-    return eager
-
-
-def _updates_only_ms(fast: lf.Sampler, z, cond, repeats: int) -> float:
-    """The sampler with its network replaced by a stored output: what a call costs besides the network
-    (updates, allocation, python), measured directly instead of as a difference of two noisy times."""
-    from ldd_fast.sampler import execute
-
-    guided = fast.den.guided(cond)
-    tabs = fast.programs[guided]
-    with torch.no_grad():
-        raw = fast._network(tabs, fast._pair(cond, guided), guided)(torch.cat([z, z]) if guided else z, 0)
-        apply = fast._apply(tabs)
-
-        def run():
-            return execute(tabs["structure"], z, lambda x, i: raw, apply)
-        return 1e3 * statistics.median(common.interleaved_times({"u": run}, max(repeats, 5))["u"])
 
 
 def configs(args, device: str):
@@ -226,57 +174,41 @@ def main(argv=None) -> int:
                                         "build_s": time.perf_counter() - t0}
         den, shape, make_cond, desc = models[model]
         dtype = torch.float16 if model == "sd" else torch.float32
-        z = torch.randn(batch, *shape, device=device, dtype=dtype)
-        cond = make_cond(batch) if make_cond else None
         sched = lf.discretize(den.noise, nfe, "edm")
         try:
-            t0 = time.perf_counter()
-            if backend == "onnxruntime":
-                # The exported graph under onnxruntime with the same pinned thread count as torch; its
-                # floor is the eager network forward, so this row and the eager row compare directly.
-                from ldd_fast.export.bench import onnx_backend
-
-                fast, _ = onnx_backend(den, sched, z, threads=threads, solver="unipc", order=3)
-                fast.update_impl = "onnxruntime (one graph)"
-                eager = lf.Sampler(den, sched, solver="unipc", order=3, backend="eager", dtype=dtype)
-            else:
-                fast = eager = lf.Sampler(den, sched, solver="unipc", order=3, backend=backend, dtype=dtype)
-            build_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            fast(z, cond)
-            common.sync()
-            first_s = time.perf_counter() - t0
-            floor = floor_fn(den, eager, z, cond, "eager" if backend == "onnxruntime" else backend)
-            with torch.no_grad():
-                floor()
-            common.sync()
-            times = common.interleaved_times({"floor": floor, "sampler": lambda: fast(z, cond)}, args.repeats)
+            # lf.bench: the sampler and the floor of its execution mode, interleaved; onnxruntime runs the
+            # exported graph with the same pinned threads, against the eager floor.
+            res = lf.bench(den, {"edm": sched}, backends=(backend,), batches=(batch,), dtype=dtype, threads=threads,
+                           device=device, solver="unipc", order=3, repeats=args.repeats, warmup=2,
+                           cond_fn=make_cond, sample_shape=shape, show_progress=False,
+                           updates_only=backend in ("eager", "triton"))
+            if not res.rows:
+                raise RuntimeError(res.skipped[-1]["reason"] if res.skipped else "no row measured")
         except Exception as e:  # noqa: BLE001 - record the failure of this row, keep measuring the others
             results["rows"].append({"model": model, "batch": batch, "nfe": nfe, "backend": backend,
                                     "error": f"{type(e).__name__}: {e}"[:500]})
             print(f"{model} batch {batch} nfe {nfe} {backend}: FAILED {type(e).__name__}: {e}", flush=True)
             _write(name, results, args.no_plot)
             continue
-        updates_ms = _updates_only_ms(fast, z, cond, args.repeats) if backend in ("eager", "triton") else None
-        ratios = [s / (nfe * f) for s, f in zip(times["sampler"], times["floor"])]
-        q = statistics.quantiles(ratios, n=4) if len(ratios) >= 4 else [min(ratios), 0, max(ratios)]
+        r = res.rows[0]
+        own = r["ratio_floor"] or r["ratio_eager_floor"]
+        floor_ms = r["floor_ms"] if r["floor_ms"] is not None else r["eager_floor_ms"]
+        floor_min = r["floor_ms_min"] if r["floor_ms_min"] is not None else floor_ms
+        updates_ms = r["updates_only_ms"]
         row = {"model": model, "batch": batch, "nfe": nfe, "backend": backend,
-               "update_impl": fast.update_impl, "build_s": build_s, "first_call_s": first_s,
-               "forward_ms": 1e3 * statistics.median(times["floor"]),
-               "sampler_ms": 1e3 * statistics.median(times["sampler"]),
-               "sampler_ms_q1": 1e3 * common.summary(times["sampler"])["q1"],
-               "sampler_ms_q3": 1e3 * common.summary(times["sampler"])["q3"],
-               "ratio_median": statistics.median(ratios), "ratio_q1": q[0], "ratio_q3": q[2],
-               "ratio_of_min": min(times["sampler"]) / (nfe * min(times["floor"])),
-               "updates_only_ms": updates_ms, "repeats": args.repeats}
+               "update_impl": r["update_impl"], "build_s": r["build_s"], "first_call_s": r["first_call_s"],
+               "forward_ms": floor_ms / nfe, "sampler_ms": r["sampler_ms"]["median"],
+               "sampler_ms_q1": r["sampler_ms"]["q1"], "sampler_ms_q3": r["sampler_ms"]["q3"],
+               "ratio_median": own["median"], "ratio_q1": own["q1"], "ratio_q3": own["q3"],
+               "ratio_of_min": r["sampler_ms"]["min"] / floor_min, "updates_only_ms": updates_ms,
+               "parity": r["parity"], "repeats": args.repeats}
         results["rows"].append(row)
         print(f"{model:7s} batch {batch:3d} nfe {nfe:2d} {backend:10s}: forward {row['forward_ms']:8.3f} ms, "
               f"sampler {row['sampler_ms']:9.3f} ms, ratio {row['ratio_median']:.3f} "
               f"[{row['ratio_q1']:.3f}, {row['ratio_q3']:.3f}], of min {row['ratio_of_min']:.3f}"
               + ("" if updates_ms is None else f", updates only {updates_ms:.3f} ms")
-              + f" (first call {first_s:.1f} s)", flush=True)
+              + f" (first call {row['first_call_s']:.1f} s)", flush=True)
         _write(name, results, args.no_plot)
-        del fast, eager, floor
     _write(name, results, args.no_plot)
     return 0
 

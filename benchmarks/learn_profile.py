@@ -1,14 +1,15 @@
 """Where the time of a learning run goes: planning, the network (forward and backward), the rest.
 
-    python benchmarks/learn_profile.py [--threads 1]
+    python benchmarks/learn_profile.py [--threads 1] [--label "plan reuse"]
 
 One default-sized run (UniPC-3, NFE 4, 50 + 50 teacher pairs, LD3's 7 rounds; and the same with learned
-coefficients, 7 more rounds) on the built-in model and on an exact Gaussian-mixture denoiser whose network
-costs almost nothing. Measured in the run: the time spent building Plans (solvers.make_plan) and in the
+coefficients, 7 more rounds, as before the plan reuse, so that rows compare; the default is now 6) on the
+built-in model and on an exact Gaussian-mixture denoiser whose network costs almost nothing. Measured in the run: the time spent building Plans (solvers.make_plan) and in the
 network's forward calls. The network's backward is not separable inside autograd, so it is estimated
 from the same network's forward+backward vs forward time at the training batch size, times the number
-of calls made with gradients. Non-network share = 1 - (forward + backward) / total. Writes
-benchmarks/results/learn_profile.{json,md}.
+of calls made with gradients. Non-network share = 1 - (forward + backward) / total. Rows of earlier runs
+with another --label (an earlier state of the code: "before plan reuse") are kept, so the table shows
+a change's before and after. Writes benchmarks/results/learn_profile.{json,md}.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def _per_call(den, shape, batch: int, reps: int = 30) -> tuple[float, float]:
 
 def profile(name, den, shape, coefficients) -> dict:
     data = make_teacher(den, shape, 100, spec=TeacherSpec.default_for(den.noise), seed=0, show_progress=False)
-    cfg = LD3Config(coefficients=coefficients)
+    cfg = LD3Config(coefficients=coefficients, rounds_coef=7)  # 7: as the rows measured before the plan reuse
     clock = {"plan": 0.0, "net_forward": 0.0}
     make_plan = LEARN.solvers.make_plan
 
@@ -107,14 +108,15 @@ def profile(name, den, shape, coefficients) -> dict:
 
 
 def markdown(rows, env) -> str:
+    """One table; `label` names the state of the code each row was measured with."""
     lines = ["# Where a learning run's time goes", "",
              f"{env['cpu']}, {env['torch_threads']} thread(s), torch {env['torch']}. UniPC-3, NFE 4, 50 + 50 pairs, "
-             "batch 2, LD3's 7 rounds (+ 7 with coefficients). Network backward estimated from its forward+backward "
+             "batch 2, LD3's 7 rounds (+ 7 with coefficients, in both states of the code). Network backward estimated from its forward+backward "
              "vs forward time at batch 2 times the calls made with gradients.", "",
-             "| model | coefficients | seconds | batched calls | planning | network forward | network backward (est.) "
-             "| non-network share |", "|---|---|---|---|---|---|---|---|"]
+             "| code | model | coefficients | seconds | batched calls | planning | network forward | "
+             "network backward (est.) | non-network share |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['coefficients']} | {r['seconds']:.1f} | {r['network_calls']} | "
+        lines.append(f"| {r['label']} | {r['model']} | {r['coefficients']} | {r['seconds']:.1f} | {r['network_calls']} | "
                      f"{r['plan_seconds']:.2f} s ({100 * r['plan_share']:.1f} %) | {r['net_forward_seconds']:.1f} s | "
                      f"{r['net_backward_seconds_est']:.1f} s | {100 * r['non_network_share']:.1f} % |")
     return "\n".join(lines) + "\n"
@@ -123,17 +125,23 @@ def markdown(rows, env) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--label", default="plan reuse", help="the state of the code measured (default: %(default)s)")
     args = ap.parse_args(argv)
     threads = common.pin_threads(args.threads)
     env = common.environment(threads)
+    path = os.path.join(common.RESULTS, "learn_profile.json")
     rows = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            rows = [{"label": "before plan reuse", **r} for r in json.load(f)["rows"]]
+        rows = [r for r in rows if r["label"] != args.label]
     for name, (den, shape) in (("digits", (lf.zoo.load("digits"), (1, 8, 8))), ("gaussian mixture", _mixture())):
         for coefficients in (None, "exact"):
-            rows.append(profile(name, den, shape, coefficients))
+            rows.append({"label": args.label, **profile(name, den, shape, coefficients)})
             r = rows[-1]
             print(f"{name} coefficients={r['coefficients']}: {r['seconds']:.1f} s, planning {100 * r['plan_share']:.1f} %, "
                   f"non-network {100 * r['non_network_share']:.1f} %", flush=True)
-    atomic_write_text(os.path.join(common.RESULTS, "learn_profile.json"),
+    atomic_write_text(path,
                       json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
     atomic_write_text(os.path.join(common.RESULTS, "learn_profile.md"), markdown(rows, env))
 

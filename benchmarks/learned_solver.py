@@ -4,9 +4,9 @@
 
 Per configuration (model, solver, NFE): one resumable learning run under
 benchmarks/results/learned_solver/<model>/<solver>_nfe<N>/ in the coordinate (mode), start (init) and pair
-counts of that configuration's LD3 run (benchmarks/ld3.py; its result.json), with the same seed, so its
-teacher pairs and its first 7 rounds are LD3's (the run's own record `valid_hard_ld3` repeats LD3's
-validation loss). Then, on the quality benchmark's 1,000 held-out seeds and converged reference teacher
+counts of that configuration's LD3 run (benchmarks/ld3.py; its result.json), with the same seed. Its first 7
+rounds are LD3's run: LD3's row is the best of them (result.ld3_schedule, ld3_schedule.json in the run's
+folder), so both methods learn from the same teacher pairs. Then, on the quality benchmark's 1,000 held-out seeds and converged reference teacher
 (never seen by either learner): teacher RMSE of LD3 and of the learned solver with a paired-bootstrap
 interval of their ratio, FD of both at 300 samples with a paired interval of the difference, the
 validation-to-held-out gap, the cost of both (wall time, network evaluations), and the latency of both
@@ -29,10 +29,9 @@ import common  # noqa: E402
 
 import ldd_fast as lf  # noqa: E402
 from ldd_fast.io import atomic_write_text  # noqa: E402
-from ldd_fast.learn import LD3Config  # noqa: E402
+from ldd_fast.learn import LD3Config, LearnResult  # noqa: E402
 from ldd_fast.metrics import DigitsMetrics, paired_bootstrap, rmse  # noqa: E402
 from ldd_fast.quality import FD_SAMPLES, learned_path, reference, solver_label  # noqa: E402
-from ldd_fast.schedule import Schedule  # noqa: E402
 from ldd_fast.zoo.builtin import load  # noqa: E402
 
 LD3_ROOT = os.path.join(common.RESULTS, "ld3")
@@ -46,33 +45,37 @@ CONFIGS = {
 TARGET_RATIO = {"digits": 0.7}  # the issue's target for the EDM model; elsewhere: below 1 with an interval
 
 
-def ld3_run(model, solver, order, variant, nfe) -> tuple[dict, Schedule]:
-    folder = os.path.dirname(learned_path(LD3_ROOT, model, solver, order, variant, nfe))
-    with open(os.path.join(folder, "result.json")) as f:
-        rec = json.load(f)
-    return rec, Schedule.load(os.path.join(folder, "schedule.json"))
+def ld3_settings(model, solver, order, variant, nfe) -> dict:
+    """Mode, start, pair counts and seed of LD3's run of this configuration (benchmarks/ld3.py's result.json);
+    where LD3 was not run at this NFE, those of the same solver at NFE 4."""
+    for n in (nfe, 4):
+        path = os.path.join(os.path.dirname(learned_path(LD3_ROOT, model, solver, order, variant, n)), "result.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                rec = json.load(f)
+            return {"mode": rec["mode"], "init": "best" if isinstance(rec["init"], dict) else None,
+                    "n_train": rec.get("n_train", 50), "n_valid": rec.get("n_valid", 50), "seed": rec["seed"]}
+    raise FileNotFoundError(f"no LD3 run of {model} {solver}{order} under {LD3_ROOT}: run benchmarks/ld3.py")
 
 
-def learn_one(model, solver, order, variant, nfe, ld3: dict) -> tuple[Schedule, dict]:
-    folder = os.path.dirname(learned_path(ROOT, model, solver, order, variant, nfe))
+def run_folder(model, solver, order, variant, nfe) -> str:
+    return os.path.dirname(learned_path(ROOT, model, solver, order, variant, nfe))
+
+
+def learn_one(model, solver, order, variant, nfe) -> tuple[LearnResult, dict]:
+    """The learned-solver run (resumable); its LD3 rounds are LD3's run on the same teacher pairs."""
     den = load(model)
-    init = ld3["init"]
-    init = "best" if isinstance(init, dict) else None  # LD3's own start: the best hand-made one, or uniform
     cfg = LD3Config()
     t0 = time.perf_counter()
-    res = lf.learn(den, solver=solver, order=order, nfe=nfe, shape=den.sample_shape, out=folder, resume=True,
-                   mode=ld3["mode"], init=init, n_train=ld3.get("n_train", 50), n_valid=ld3.get("n_valid", 50),
-                   seed=ld3["seed"], config=cfg, coefficients=True,
-                   **({"variant": variant} if variant else {}))
-    hist = res.history
-    ld3_rounds = [h for h in hist if 0 <= h["round"] < cfg.rounds_xi + cfg.rounds_both]
-    ld3_calls = max(h["calls"] for h in ld3_rounds)
-    ld3_seconds = max((h.get("seconds", float("nan")) for h in ld3_rounds), default=float("nan"))
+    res = lf.learn(den, solver=solver, order=order, nfe=nfe, shape=den.sample_shape,
+                   out=run_folder(model, solver, order, variant, nfe), resume=True, config=cfg, coefficients=True,
+                   **ld3_settings(model, solver, order, variant, nfe), **({"variant": variant} if variant else {}))
+    ld3 = res.ld3_schedule.info["stats"]
     cost = {"wall_seconds": time.perf_counter() - t0, "seconds": res.stats["seconds"],
-            "network_calls": res.stats["network_calls"], "ld3_phase_calls": ld3_calls,
-            "ld3_phase_seconds": ld3_seconds,
-            "best_round": res.schedule.metrics["best_round"]}
-    return res.schedule, cost
+            "network_calls": res.stats["network_calls"], "network_evaluations": res.stats["network_evaluations"],
+            "ld3_phase_calls": ld3["network_calls"], "ld3_phase_evaluations": ld3["network_evaluations"],
+            "ld3_phase_seconds": ld3["seconds"], "best_round": res.schedule.metrics["best_round"]}
+    return res, cost
 
 
 def latency(den, scheds: dict, batch: int = 64, rounds: int = 15) -> dict:
@@ -93,17 +96,16 @@ def latency(den, scheds: dict, batch: int = 64, rounds: int = 15) -> dict:
 
 def evaluate(model, solver, order, variant, nfe, n, metrics) -> dict:
     den = load(model)
-    ld3, ld3_sched = ld3_run(model, solver, order, variant, nfe)
-    sched, cost = learn_one(model, solver, order, variant, nfe, ld3)
+    res, cost = learn_one(model, solver, order, variant, nfe)
+    sched, ld3_sched = res.schedule, res.ld3_schedule
     z, y, _ = reference(den, model, n, CACHE)
     with torch.no_grad():
         xs = {k: torch.cat([lf.sample(den, c, s) for c in z.split(500)]) for k, s in
               (("ld3", ld3_sched), ("learned", sched))}
     err = {k: rmse(x, y) for k, x in xs.items()}
     ms = latency(den, {"ld3": ld3_sched, "learned": sched})
-    ld3_calls_single = cost["ld3_phase_calls"]
     return {
-        "model": model, "solver": solver_label(solver, order, variant), "nfe": nfe, "mode": ld3["mode"],
+        "model": model, "solver": solver_label(solver, order, variant), "nfe": nfe, "mode": sched.info["mode"],
         "init": sched.info.get("init", {}).get("kind") if isinstance(sched.info.get("init"), dict) else "uniform",
         "free_weights": sum(len(c) for c in sched.coefficients),
         "rmse_ld3": err["ld3"].mean().item(), "rmse_learned": err["learned"].mean().item(),
@@ -111,7 +113,7 @@ def evaluate(model, solver, order, variant, nfe, n, metrics) -> dict:
         "fd_ld3": metrics.fd(xs["ld3"][:FD_SAMPLES])["fd"], "fd_learned": metrics.fd(xs["learned"][:FD_SAMPLES])["fd"],
         "fd_diff": metrics.fd_paired(xs["learned"][:FD_SAMPLES], xs["ld3"][:FD_SAMPLES]),
         "valid_hard": sched.metrics["valid_hard"], "valid_hard_ld3": sched.metrics["valid_hard_ld3"],
-        "cost": {**cost, "calls_ratio_to_ld3": cost["network_calls"] / ld3_calls_single,
+        "cost": {**cost, "calls_ratio_to_ld3": cost["network_calls"] / cost["ld3_phase_calls"],
                  "seconds_ratio_to_ld3": cost["seconds"] / cost["ld3_phase_seconds"]},
         "latency_ms_b64": ms, "latency_ratio": ms["learned"] / ms["ld3"],
     }
@@ -121,7 +123,7 @@ def markdown(rows, env) -> str:
     lines = ["# The learned solver vs LD3", "",
              f"{env['cpu']}, {env['torch_threads']} thread(s), torch {env['torch']}. Held-out: 1,000 seeds of the quality "
              "benchmark against its converged reference teacher; FD at 300 samples. Ratio: learned / LD3 teacher "
-             "RMSE, paired bootstrap over seeds (95%). Cost: the learned run (LD3's 7 rounds + 7 rounds with "
+             "RMSE, paired bootstrap over seeds (95%). Cost: the learned run (LD3's 7 rounds + 6 rounds with "
              "coefficients) vs LD3's rounds in the same run (network evaluations).", "",
              "| model | solver | NFE | free weights | RMSE LD3 | RMSE learned | ratio [95%] | target | FD LD3 -> learned "
              "(diff [95%]) | valid learned / LD3 | held-out / valid gap | calls x LD3 | seconds | latency learned / LD3 |",
@@ -154,10 +156,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     threads = common.pin_threads(args.threads)
     path = os.path.join(common.RESULTS, "learned_solver.json")
-    done = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            done = {(r["model"], r["solver"], r["nfe"]): r for r in json.load(f)["rows"]}
+    done = common.done_rows("learned_solver", lambda r: (r["model"], r["solver"], r["nfe"]))
     metrics = DigitsMetrics()
     env = common.environment(threads)
     for model in args.models:

@@ -4,7 +4,7 @@
 
 Issue 6's target on a CPU: onnxruntime latency <= the eager sampler for the built-in model at
 batch 1 and 64 and the CIFAR-size DDPM U-Net (diffusers UNet2DModel, random weights) at batch 1
-and 8. UniPC-3, EDM rho = 7 schedule; the ratio is taken per round (onnxruntime / eager).
+and 8. UniPC-3, EDM rho = 7 schedule; both timed by lf.bench in interleaved rounds, ratio of the medians.
 Writes benchmarks/results/onnxruntime_vs_eager.{json,md}.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ import common  # noqa: E402
 from latency import build_model  # noqa: E402
 
 import ldd_fast as lf  # noqa: E402
-from ldd_fast.export.bench import compare_latency  # noqa: E402
 
 CASES = [("builtin", 6, (1, 64)), ("cifar", 4, (1, 8))]
 
@@ -33,15 +32,20 @@ def main(argv=None):
     for model, nfe, batches in CASES:
         den, shape, _, _ = build_model(model, "cpu")
         sched = lf.discretize(den.noise, nfe, "edm")
-        for r in compare_latency(den, sched, solver="unipc", order=3, sample_shape=shape, batches=batches,
-                                 threads=threads, repeats=args.repeats):
-            r = {"model": model, "nfe": nfe, **r}
+        res = lf.bench(den, sched, backends=("eager", "onnxruntime"), batches=batches, threads=threads,
+                       solver="unipc", order=3, sample_shape=shape, repeats=args.repeats, show_progress=False)
+        for batch in batches:
+            by = {r["backend"]: r for r in res.rows if r["batch"] == batch}
+            e, o = by["eager"], by["onnxruntime"]
+            r = {"model": model, "nfe": nfe, "batch": batch, "eager_ms": e["sampler_ms"],
+                 "onnxruntime_ms": o["sampler_ms"], "ratio_median": o["sampler_ms"]["median"] / e["sampler_ms"]["median"],
+                 "parity": o["parity"]}
             rows.append(r)
-            print(f"{model} batch {r['batch']} nfe {nfe}: eager {r['eager_ms']['median']:.1f} ms, onnxruntime "
+            print(f"{model} batch {batch} nfe {nfe}: eager {r['eager_ms']['median']:.1f} ms, onnxruntime "
                   f"{r['onnxruntime_ms']['median']:.1f} ms, ratio {r['ratio_median']:.3f}", flush=True)
     env = common.environment(threads)
     md = ["# onnxruntime vs the eager PyTorch sampler (interleaved, same threads)\n",
-          "| model | nfe | batch | eager ms | onnxruntime ms | onnxruntime / eager (median per round) | parity |",
+          "| model | nfe | batch | eager ms | onnxruntime ms | onnxruntime / eager (medians, interleaved rounds) | parity |",
           "|---|---|---|---|---|---|---|"]
     md += [f"| {r['model']} | {r['nfe']} | {r['batch']} | {r['eager_ms']['median']:.1f} | "
            f"{r['onnxruntime_ms']['median']:.1f} | {r['ratio_median']:.3f} | {r.get('parity', float('nan')):.1e} |"

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-import ldd_fast
+from ldd_fast._version import __version__
 from ldd_fast.cond import digest, leaves, map_cond, names as cond_input_names, structure
 from ldd_fast.denoiser import Denoiser, check_state
 from ldd_fast.errors import LddFastError
@@ -341,7 +341,7 @@ def _compose(net, folded, tensors, *, cond_names: list[str], schedule_as_input: 
     out.name = "sample"
     graph = helper.make_graph(nodes, "ldd_fast_sampler", inputs, [out], initializer=initializers + extra)
     model = helper.make_model(graph, opset_imports=list(net.opset_import), producer_name="ldd_fast",
-                              producer_version=ldd_fast.__version__)
+                              producer_version=__version__)
     model.ir_version = net.ir_version
     return model
 
@@ -605,7 +605,7 @@ def to_onnx(den_or_sampler, schedule, path, example_z: torch.Tensor, *, solver: 
     net_dtype = mod.net_dtype
     meta = {
         "format_version": FORMAT_VERSION,
-        "ldd_fast": ldd_fast.__version__, "torch": torch.__version__, "method": method,
+        "ldd_fast": __version__, "torch": torch.__version__, "method": method,
         "solver": plan.solver, "order": plan.order, "options": dict(plan.options), "nfe": plan.nfe,
         "noise": den.noise.describe(), "prediction": den.prediction, "guidance_scale": den.guidance_scale,
         "fingerprint": fingerprint, "schedule": schedule.to_dict(), "forced": bool(force),

@@ -93,19 +93,20 @@ class OnnxSampler:
         den: the Denoiser the graph was exported from (its noise schedule, prediction and
         guidance define the folded coefficients); checked against the exported fingerprint.
         """
-        import ldd_fast as lf
+        from ldd_fast.errors import IncompatibleSchedule
         from ldd_fast.plan import fold
+        from ldd_fast.sample import plan_for
 
         m = self.metadata
         if not m["schedule_as_input"]:
             raise ValueError(f"{self.path} was exported with the schedule baked in; export with "
                              f"schedule_as_input=True to swap schedules without re-exporting")
         if not force and den.fingerprint() != m["fingerprint"]:
-            raise lf.IncompatibleSchedule(f"the Denoiser is not the model {self.path} was exported from "
+            raise IncompatibleSchedule(f"the Denoiser is not the model {self.path} was exported from "
                                           f"(fingerprint {den.fingerprint()[:12]}... vs {m['fingerprint'][:12]}...)")
         opts = {k: v for k, v in m["options"].items() if k in ("lower_order_final", "variant")}
         opts.update(options)
-        plan = lf.plan_for(den, schedule, solver=m["solver"], order=m["order"], force=force, **opts)
+        plan = plan_for(den, schedule, solver=m["solver"], order=m["order"], force=force, **opts)
         folded = fold(plan, den, guided=m["conditional"] and den.guidance_scale != 1.0)
         if structure_hash(folded) != m["structure_hash"]:
             raise ValueError(f"the new schedule's plan has another structure than the exported graph ({plan.solver}"

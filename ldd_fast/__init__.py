@@ -1,4 +1,5 @@
 """ldd-fast: learned time discretisations (LD3) and compiled low-NFE samplers for diffusion models."""
+from ._version import __version__
 from .errors import (ConditionError, IncompatibleSchedule, LddFastError, NoiseScheduleError, NonFiniteSample,
                      ScheduleError, StateFileError)
 from .noise import EDM, NoiseSchedule, RectifiedFlow, VPCosine, VPDiscrete, VPLinear
@@ -14,9 +15,9 @@ from .sampler import Sampler
 from .learn import LD3Config, LearnResult, learn
 from .teacher import TeacherData, TeacherSpec, make_teacher
 
-__version__ = "0.1.0"
 
 __all__ = [
+    "__version__",
     "EDM", "VPLinear", "VPCosine", "VPDiscrete", "RectifiedFlow", "NoiseSchedule", "flux_mu",
     "Denoiser", "Affine", "Schedule", "discretize",
     "Plan", "SOLVERS", "make_plan", "sample", "plan_for", "run_plan",
@@ -28,9 +29,13 @@ __all__ = [
 
 
 def __getattr__(name):
-    # `lf.zoo` without importing the built-in models (safetensors, weights) at `import ldd_fast`.
-    if name == "zoo":
-        import importlib
+    # Imported on first use, so that `import ldd_fast` needs only torch: `lf.zoo` (the built-in models,
+    # safetensors weights), `lf.bench` (the latency benchmark; the module is callable: lf.bench(den, ...))
+    # and `lf.plan_sampler` (the planner).
+    import importlib
 
-        return importlib.import_module(".zoo", __name__)
+    if name in ("zoo", "bench"):
+        return importlib.import_module(f".{name}", __name__)
+    if name == "plan_sampler":
+        return importlib.import_module(".planner", __name__).plan_sampler
     raise AttributeError(f"module 'ldd_fast' has no attribute {name!r}")

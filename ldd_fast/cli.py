@@ -1,4 +1,4 @@
-"""The `ldd-fast` command line: sample, learn, quality, bench, export, demo.
+"""The `ldd-fast` command line: sample, learn, quality, bench, plan, export, demo.
 
 Models (--model): "digits" and "digits_vp" (the built-in models), "module.path:factory"
 (a callable returning an lf.Denoiser: the module is imported, so it must be code you trust), or
@@ -21,11 +21,13 @@ import sys
 
 import torch
 
+from .bench import default_threads
 from .errors import LddFastError
 from .io import check_output_path
 from .solvers import SOLVERS
 
-KIND_CHOICES = ("time_uniform", "time_quadratic", "logsnr", "edm")
+KIND_CHOICES = ("time_uniform", "time_quadratic", "logsnr", "edm", "karras")
+DEFAULT_NFE = 6  # the hand-made schedules' NFE when --nfe is not given
 BUILTIN = ("digits", "digits_vp", "digits_flow")
 DIFFUSERS_NETWORKS = ("UNet2DModel", "UNet2DConditionModel")
 SEED_MAX = 2**63 - 1
@@ -40,6 +42,18 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise CLIError(f"{message} (see `{self.prog} --help`)")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every default in --help: appended as "(default: X)" unless the help text already says it, or the
+    option is a flag (off) or has no value by default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+                or not action.option_strings):
+            return text
+        return super()._get_help_string(action)
 
 
 # ----- arguments --------------------------------------------------------------------------------
@@ -79,7 +93,7 @@ def build_parser() -> Parser:
                     "fused and exported samplers. Start with `ldd-fast demo`.",
         epilog="Each command has its own --help, e.g. `ldd-fast sample --help`.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    defaults = argparse.ArgumentDefaultsHelpFormatter
+    defaults = HelpFormatter
 
     def model_args(sp):
         sp.add_argument("--model", default="digits",
@@ -89,8 +103,24 @@ def build_parser() -> Parser:
                              "guidance_scale, e.g. 7.5 for Stable Diffusion, Flux's embedded 3.5)")
         sp.add_argument("--shape", type=POSITIVE, nargs="+", help="sample shape C H W if the model does not say it")
 
+    def compute_args(sp):
+        sp.add_argument("--threads", type=POSITIVE, default=None,
+                        help="torch intra-op threads on the CPU (default: half the cores, at most 8: "
+                             f"{default_threads()} here; all cores of a shared machine would fight other jobs)")
+        sp.add_argument("--device", default=None,
+                        help="cpu | cuda | cuda:N (default: cuda when a GPU is visible, else cpu)")
+
+    def pipeline_args(sp, condition: str):
+        sp.add_argument("--pipeline", help="a local diffusers pipeline folder (Stable Diffusion, SD3 or Flux; "
+                                           f"safetensors weights, nothing fetched) instead of --model; {condition}")
+        sp.add_argument("--negative-prompt", default="", help="with --pipeline: the null condition of guidance")
+        sp.add_argument("--height", type=POSITIVE, help="with --pipeline: image height (default: the pipeline's)")
+        sp.add_argument("--width", type=POSITIVE, help="with --pipeline: image width (default: the pipeline's)")
+        sp.add_argument("--max-sequence-length", type=POSITIVE, help="with --pipeline: T5 prompt length (SD3, Flux)")
+
     def solver_args(sp, default="unipc"):
-        sp.add_argument("--solver", default=default, choices=sorted(SOLVERS), help="ODE solver")
+        sp.add_argument("--solver", default=default, choices=sorted(SOLVERS),
+                        help="ODE solver" + ("" if default else " (default: the schedule file's, else unipc)"))
         sp.add_argument("--order", type=POSITIVE, help="solver order (default: the solver's)")
         sp.add_argument("--variant", help="unipc: bh1 | bh2; dpmpp: diffusers | taylor")
 
@@ -99,14 +129,16 @@ def build_parser() -> Parser:
                        formatter_class=defaults)
     model_args(s)
     solver_args(s, default=None)
-    s.add_argument("--nfe", type=POSITIVE, help="network calls (needed with a schedule kind)")
-    s.add_argument("--schedule", default="logsnr", help=f"{' | '.join(KIND_CHOICES)} | path/to/schedule.json")
+    s.add_argument("--nfe", type=POSITIVE, help=f"network calls (with a schedule kind; default {DEFAULT_NFE})")
+    s.add_argument("--schedule", default="logsnr", help=f"{' | '.join(KIND_CHOICES)} | path/to/schedule.json "
+                                                        "(karras = edm, k-diffusion's name)")
     s.add_argument("-n", type=POSITIVE, default=64, help="number of samples")
-    s.add_argument("--seed", type=SEED, default=0)
+    s.add_argument("--seed", type=SEED, default=0, help="seed of the noise")
     s.add_argument("--label", type=_int_in(-SEED_MAX, SEED_MAX),
                    help="class label for class-conditional models (digits: 0..9)")
     s.add_argument("--force", action="store_true", help="use a schedule made for another model or solver")
     s.add_argument("--out", default="samples.png", help="output .png grid or .pt tensor")
+    compute_args(s)
     s.set_defaults(func=cmd_sample, validate=_validate_sample)
 
     le = sub.add_parser("learn", help="learn an LD3 schedule for a model, solver and NFE",
@@ -115,7 +147,7 @@ def build_parser() -> Parser:
                         formatter_class=defaults)
     model_args(le)
     solver_args(le)
-    le.add_argument("--nfe", type=POSITIVE, required=True)
+    le.add_argument("--nfe", type=POSITIVE, required=True, help="network calls of the learned sampler")
     le.add_argument("--out", required=True, help="the learned schedule (.json)")
     le.add_argument("--work-dir", help="teacher pairs, checkpoints and plots (default: <out>_ld3/)")
     le.add_argument("--resume", action="store_true", help="continue an interrupted run in --work-dir")
@@ -124,30 +156,27 @@ def build_parser() -> Parser:
     le.add_argument("--init", default="uniform",
                     help="start: uniform (in the mode's coordinate), best (the best hand-made schedule on the "
                          "training pairs) or a schedule .json")
-    le.add_argument("--loss", default="pseudo_huber", choices=["pseudo_huber", "l2", "l1", "lpips"])
-    le.add_argument("--n-train", type=POSITIVE, default=50)
-    le.add_argument("--n-valid", type=POSITIVE, default=50)
-    le.add_argument("--teacher-solver", default="unipc", choices=sorted(SOLVERS))
-    le.add_argument("--teacher-order", type=POSITIVE, default=3)
+    le.add_argument("--loss", default="pseudo_huber", choices=["pseudo_huber", "l2", "l1", "lpips"],
+                    help="distance to the teacher samples")
+    le.add_argument("--n-train", type=POSITIVE, default=50, help="teacher pairs to learn from")
+    le.add_argument("--n-valid", type=POSITIVE, default=50, help="teacher pairs that select the best round")
+    le.add_argument("--teacher-solver", default="unipc", choices=sorted(SOLVERS), help="solver of the teacher")
+    le.add_argument("--teacher-order", type=POSITIVE, default=3, help="order of the teacher's solver")
     le.add_argument("--teacher-nfe", type=POSITIVE, help="teacher steps (default: 20; 40 for a flow)")
     le.add_argument("--teacher-kind", choices=["time_uniform", "time_quadratic", "logsnr", "edm"],
                     help="teacher discretisation (default: edm, the paper's; time_quadratic for a flow)")
-    le.add_argument("--seed", type=SEED, default=0)
+    le.add_argument("--seed", type=SEED, default=0, help="seed of the teacher pairs and of the run")
     le.add_argument("--checkpoint-calls", action="store_true", help="recompute network activations in backward")
     le.add_argument("--coefficients", nargs="?", const="exact", choices=["exact", "relaxed"],
                     help="also learn the solver: after LD3's rounds, corrections of its weights on buffered "
                          "denoiser outputs (exact: zero-sum, exact for a constant denoiser; relaxed: also a scale "
                          "of each update's total weight). Off by default")
-    le.add_argument("--pipeline", help="a local diffusers pipeline folder (Stable Diffusion, SD3 or Flux; safetensors "
-                                       "weights, nothing fetched) instead of --model; needs --prompts")
+    pipeline_args(le, "needs --prompts")
     le.add_argument("--prompts", help="with --pipeline: a text file, one prompt per line (split between training "
                                       "and validation pairs, disjoint)")
-    le.add_argument("--negative-prompt", default="", help="with --pipeline: the null condition of guidance")
-    le.add_argument("--height", type=POSITIVE, help="with --pipeline: image height (default: the pipeline's)")
-    le.add_argument("--width", type=POSITIVE, help="with --pipeline: image width (default: the pipeline's)")
-    le.add_argument("--max-sequence-length", type=POSITIVE, help="with --pipeline: T5 prompt length (SD3, Flux)")
     le.add_argument("--pixel-loss", action="store_true",
                     help="with --pipeline: the distance on decoded images instead of latents (slower)")
+    compute_args(le)
     le.set_defaults(func=cmd_learn, validate=_validate_learn)
 
     from .quality import MODELS, QUICK, FULL, SOLVERS as QUALITY_SOLVERS, solver_label
@@ -158,7 +187,7 @@ def build_parser() -> Parser:
                        formatter_class=defaults)
     q.add_argument("--full", action="store_true",
                    help=f"NFE {FULL['nfes']} with {FULL['n']} seeds (default: NFE {QUICK['nfes']}, {QUICK['n']} seeds)")
-    q.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    q.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="built-in models to measure")
     q.add_argument("--nfe", type=POSITIVE, nargs="+", help="override the NFE list (multistep solvers)")
     q.add_argument("--heun-nfe", type=POSITIVE, nargs="+", help="override the NFE list of Heun (odd)")
     q.add_argument("--solvers", nargs="+", choices=[solver_label(*x) for x in QUALITY_SOLVERS],
@@ -167,15 +196,74 @@ def build_parser() -> Parser:
     q.add_argument("--out", default="benchmarks/results/quality", help="output folder (resumes what is there)")
     q.add_argument("--learned", default="benchmarks/results/ld3", help="folder of learned schedules to include")
     q.add_argument("--boot", type=POSITIVE, default=200, help="bootstrap resamples for the FD interval")
+    compute_args(q)
     q.set_defaults(func=cmd_quality, validate=_validate_quality)
 
-    sub.add_parser("bench", help="the latency benchmark (backends vs the network-call floor; source checkout)",
-                   add_help=False)
+    from .bench import BACKENDS as BENCH_BACKENDS
+
+    b = sub.add_parser("bench", help="latency of fixed samplers on a model: backends x batches vs the floor",
+                       description="Time fixed samplers on your model: per schedule, backend and batch the median "
+                                   "and quartiles over interleaved rounds, the floor of the backend's execution mode "
+                                   "(nfe x one network forward) and the ratio to it, the ratio to the eager floor, "
+                                   "and parity with the eager sampler. Backends that cannot run here are listed with "
+                                   "the reason.", formatter_class=defaults)
+    model_args(b)
+    pipeline_args(b, "timed with one prompt (--prompt)")
+    b.add_argument("--prompt", default="a photograph of a cat", help="with --pipeline: the prompt of the condition")
+    b.add_argument("--schedule", nargs="+", default=["edm"],
+                   help=f"schedule files and / or hand-made kinds ({' | '.join(KIND_CHOICES)}) with --nfe")
+    b.add_argument("--nfe", type=POSITIVE, default=DEFAULT_NFE, help="network calls of hand-made kinds")
+    solver_args(b, default=None)
+    b.add_argument("--backends", default=",".join(BENCH_BACKENDS), type=_backend_list(BENCH_BACKENDS),
+                   help="comma-separated; those that cannot run here are listed with the reason")
+    b.add_argument("--batch", type=POSITIVE, nargs="+", default=[1, 8], help="batch sizes")
+    b.add_argument("--fp16", action="store_true", help="float16 samplers (rows a device cannot run are listed)")
+    b.add_argument("--repeats", type=POSITIVE, default=20, help="timed rounds (each runs every backend once)")
+    b.add_argument("--warmup", type=_int_in(0), default=3, help="untimed rounds after each first call")
+    b.add_argument("--json", help="write the rows, skipped backends and environment as JSON")
+    b.add_argument("--md", help="write the table as Markdown")
+    b.add_argument("--plot", help="write latency vs batch per backend (PNG; needs matplotlib)")
+    b.add_argument("--force", action="store_true", help="use a schedule made for another model or solver")
+    compute_args(b)
+    b.set_defaults(func=cmd_bench, validate=_validate_bench)
+
+    from .planner import CANDIDATES, DEFAULT_BACKENDS as PLAN_BACKENDS, LEARN
+
+    pl = sub.add_parser("plan", help="pick the best sampler (solver, NFE, schedule, backend) under a latency budget",
+                        description="Measure this device's per-call latency per backend, keep the (solver, order, "
+                                    "NFE) choices that fit --budget-ms, score their hand-made (and, with --learn, "
+                                    "learned) schedules by teacher RMSE on held-out seeds, and write the best "
+                                    "schedule, a table and a quality-vs-latency plot.", formatter_class=defaults)
+    model_args(pl)
+    pl.add_argument("--budget-ms", type=_finite_float, required=True, help="latency budget per sampler call")
+    pl.add_argument("--batch", type=POSITIVE, default=1, help="samples per call")
+    pl.add_argument("--max-nfe", type=POSITIVE, default=10, help="the largest NFE considered")
+    pl.add_argument("--solvers", nargs="+", default=[f"{s}{o}" for s, o in CANDIDATES],
+                    choices=[f"{s}{o}" for s, o in CANDIDATES], help="candidate solvers (name + order)")
+    pl.add_argument("--backends", default=",".join(PLAN_BACKENDS), type=_backend_list(BENCH_BACKENDS),
+                    help="backends to time (compile: minutes on a CPU, by name only)")
+    pl.add_argument("--learn", default="none", choices=LEARN,
+                    help="also learn LD3 (ld3) or the learned solver (coefficients) for the best candidates")
+    pl.add_argument("--learn-top", type=POSITIVE, default=2, help="how many candidates to learn for")
+    pl.add_argument("--learn-seconds", type=_finite_float, default=600.0, help="wall-time cap on learning")
+    pl.add_argument("--cache", default=os.path.join("ldd_fast_out", "plan_cache"),
+                    help="learned schedules, kept by model fingerprint (resumable)")
+    pl.add_argument("--n-select", type=POSITIVE, default=64, help="seeds the choices are made on")
+    pl.add_argument("--n-eval", type=POSITIVE, default=128, help="held-out seeds the table reports")
+    pl.add_argument("--teacher-steps", type=POSITIVE, default=50, help="steps of the reference teacher")
+    pl.add_argument("--fd", action="store_true",
+                    help="also the digits FD (built-in models only; the held-out seeds are then 300, FD's count)")
+    pl.add_argument("--repeats", type=POSITIVE, default=10, help="timed rounds per latency measurement")
+    pl.add_argument("--out", default=os.path.join("ldd_fast_out", "plan"),
+                    help="folder for schedule.json, plan.md, plan.json, plan.png")
+    compute_args(pl)
+    pl.set_defaults(func=cmd_plan, validate=_validate_plan)
 
     e = sub.add_parser("export", help="export a fixed sampler to ONNX (and TensorRT)",
                        description="A model + a schedule file -> one ONNX graph of the whole sampler (+ its data "
                                    "file) [-> a TensorRT engine].", formatter_class=defaults)
     export_arguments(e)
+    compute_args(e)
     e.set_defaults(func=cmd_export, validate=_validate_export)
 
     d = sub.add_parser("demo", help="the main job: hand-made vs learned schedules on the built-in model",
@@ -184,6 +272,7 @@ def build_parser() -> Parser:
                        formatter_class=defaults)
     d.add_argument("--out", default="ldd_fast_out", help="output folder")
     d.add_argument("--quick", action="store_true", help="fewer samples and rounds (for tests)")
+    compute_args(d)
     d.set_defaults(func=cmd_demo, validate=_validate_demo)
     return p
 
@@ -222,6 +311,40 @@ def _validate_quality(args) -> None:
 
 def _validate_demo(args) -> None:
     pass
+
+
+def _backend_list(known):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(b.strip() for b in text.split(",") if b.strip())
+        bad = [b for b in names if b not in known]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"unknown backend(s) {bad or text!r}; choose from {','.join(known)}")
+        return names
+    parse.__name__ = "backends"
+    return parse
+
+
+def _validate_plan(args) -> None:
+    if args.budget_ms <= 0:
+        raise CLIError(f"--budget-ms must be positive, got {args.budget_ms:g}")
+    if args.learn_seconds <= 0:
+        raise CLIError(f"--learn-seconds must be positive, got {args.learn_seconds:g}")
+    if args.fd and args.model not in BUILTIN:
+        raise CLIError("--fd uses the digits feature network: only with the built-in models")
+
+
+def _validate_bench(args) -> None:
+    for flag, path in (("--json", args.json), ("--md", args.md), ("--plot", args.plot)):
+        if path is not None and not path.endswith({"--json": ".json", "--md": ".md", "--plot": ".png"}[flag]):
+            raise CLIError(f"{flag} {path}: expected a {({'--json': '.json', '--md': '.md', '--plot': '.png'})[flag]} "
+                           f"file")
+    if args.pipeline is None:
+        given = [f"--{k.replace('_', '-')}" for k in ("height", "width", "max_sequence_length")
+                 if getattr(args, k) is not None]
+        if given:
+            raise CLIError(f"{', '.join(given)} belong to --pipeline")
+    elif args.shape is not None:
+        raise CLIError("--shape does not apply to --pipeline: the latent shape follows --height and --width")
 
 
 def _shape_list(text: str) -> tuple[int, ...]:
@@ -390,9 +513,7 @@ def load_schedule(spec: str, den, nfe: int | None, solver: str):
     from .schedule import Schedule, discretize
 
     if spec in KIND_CHOICES:
-        if nfe is None:
-            raise CLIError("--nfe is needed with a hand-made --schedule kind")
-        return discretize(den.noise, nfe, spec, solver=solver)
+        return discretize(den.noise, DEFAULT_NFE if nfe is None else nfe, spec, solver=solver)
     if spec.endswith(".json") or os.path.exists(spec):
         sched = Schedule.load(spec)
         if nfe is not None and nfe != sched.nfe:
@@ -458,6 +579,27 @@ def _labels(den, label: int | None, n: int):
     return cond
 
 
+def setup_compute(args) -> torch.device:
+    """Pin torch's threads (and say how many, when the default was chosen) and resolve --device."""
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    if args.threads is None:
+        print(f"ldd-fast: {threads} CPU thread(s) of {os.cpu_count()} cores (the default: half, at most 8; "
+              f"--threads N to change)", flush=True)
+    spec = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise CLIError(f"--device {spec!r}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {spec}: this machine has no CUDA GPU that torch can use")
+    if device.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device {spec}: ldd-fast runs on cpu or cuda")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CLIError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) here")
+    return device
+
+
 # ----- commands ---------------------------------------------------------------------------
 
 def cmd_sample(args) -> int:
@@ -466,14 +608,17 @@ def cmd_sample(args) -> int:
     from .teacher import noise_for
 
     out = check_output_path(args.out, "--out")
-    den = load_model(args.model, guidance=_guidance(args))
+    device = setup_compute(args)
+    den = load_model(args.model, guidance=_guidance(args)).to(device)
     sched = load_schedule(args.schedule, den, args.nfe, args.solver or "unipc")
     solver = args.solver or sched.solver or "unipc"
     cond = _labels(den, args.label, args.n)
-    z = noise_for(args.n, sample_shape(den, args.shape), args.seed)
+    cond = None if cond is None else cond.to(device)
+    z = noise_for(args.n, sample_shape(den, args.shape), args.seed).to(device)
     with torch.no_grad():
         x = sample(den, z, sched, solver=solver, order=args.order, variant=args.variant, cond=cond,
                    force=args.force)
+    x = x.cpu()
     if out.endswith(".pt"):
         atomic_write(out, lambda tmp: torch.save(x, tmp))
     else:
@@ -495,7 +640,9 @@ def cmd_learn(args) -> int:
         raise CLIError(f"--work-dir {work}: exists and is not a folder")
     init = None if args.init == "uniform" else "best" if args.init == "best" else Schedule.load(args.init)
     prompts = _read_prompts(args.prompts) if args.pipeline else None
+    device = setup_compute(args)
     den = _load_pipeline(args) if args.pipeline else load_model(args.model, guidance=_guidance(args))
+    den = den.to(device)
     if args.resume and not any(os.path.isfile(os.path.join(work, sub, CHECKPOINT))
                                for sub in ("", "lambda", "time")):
         print(f"--resume: no checkpoint in {work} yet; starting a new run", flush=True)
@@ -541,23 +688,91 @@ def cmd_quality(args) -> int:
     n = args.n or size["n"]
     if n < FD_SAMPLES:
         raise CLIError(f"-n must be at least {FD_SAMPLES} (the FD sample count)")
+    if setup_compute(args).type != "cpu":
+        raise CLIError("the quality benchmark runs on the CPU (its cached cells are CPU results); use --device cpu")
     run(models=args.models, n=n, nfes=args.nfe or size["nfes"], heun_nfes=args.heun_nfe or size["heun_nfes"],
         out=args.out, learned_dir=args.learned, solvers=solvers, n_boot=args.boot)
     print(f"wrote {os.path.join(args.out, 'quality.md')} (+ .csv, cells, plots)")
     return 0
 
 
-def cmd_bench(argv) -> int:
-    """benchmarks/latency.py of the source checkout this package is installed from (pip install -e .)."""
-    import importlib.util
+def cmd_bench(args) -> int:
+    from .bench import bench
+    from .cond import map_cond
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "latency.py")
-    if not os.path.isfile(path):
-        raise CLIError(f"ldd-fast bench runs benchmarks/latency.py from a source checkout; not found at {path}")
-    spec = importlib.util.spec_from_file_location("ldd_fast_latency", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv) or 0
+    for flag, path in (("--json", args.json), ("--md", args.md), ("--plot", args.plot)):
+        if path is not None:
+            check_output_path(path, flag)
+    device = setup_compute(args)
+    cond_fn = None
+    if args.pipeline:
+        den = _load_pipeline(args).to(device)
+        one = den.encode_prompt([args.prompt])
+        cond_fn = lambda b: map_cond(lambda c: c[:1].expand(b, *c.shape[1:]).contiguous(), one)  # noqa: E731
+    else:
+        den = load_model(args.model, guidance=_guidance(args)).to(device)
+        if den.guidance_scale != 1.0:
+            cond_fn = lambda b: _labels(den, 1, b).to(device)  # noqa: E731
+    shape = sample_shape(den, args.shape)
+    scheds = {}
+    for spec in args.schedule:
+        sched = load_schedule(spec, den, args.nfe if spec in KIND_CHOICES else None, args.solver or "unipc")
+        scheds[spec if spec in KIND_CHOICES else os.path.basename(spec)] = sched
+    options = {"variant": args.variant} if args.variant else {}
+    print(f"bench: {len(scheds)} schedule(s) x {len(args.backends)} backend(s) x batch {args.batch} on {device}",
+          file=sys.stderr, flush=True)
+    res = bench(den, scheds, backends=args.backends, batches=args.batch, dtype=torch.float16 if args.fp16 else None,
+                threads=torch.get_num_threads(), device=device, solver=args.solver, order=args.order,
+                repeats=args.repeats, warmup=args.warmup, cond_fn=cond_fn, sample_shape=shape, force=args.force,
+                **options)
+    table = res.markdown(f"Sampler latency: {args.pipeline or args.model}")
+    print(table)
+    if args.json:
+        import json
+
+        from .io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(res.to_json(), indent=1) + "\n")
+    if args.md:
+        from .io import atomic_write_text
+
+        atomic_write_text(args.md, table)
+    if args.plot:
+        from .plots import plot_bench
+
+        plot_bench(res, args.plot)
+    if not res.rows:
+        raise CLIError("no backend could run (see 'Not measured' above)")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .planner import CANDIDATES, plan_sampler
+
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise CLIError(f"--out {args.out}: exists and is not a folder")
+    device = setup_compute(args)
+    den = load_model(args.model, guidance=_guidance(args)).to(device)
+    cond_fn = (lambda b: _labels(den, 1, b).to(device)) if den.guidance_scale != 1.0 else None
+    metrics, n_eval = None, args.n_eval
+    if args.fd:
+        from .metrics import FD_SAMPLES, DigitsMetrics
+
+        metrics, n_eval = DigitsMetrics(), FD_SAMPLES
+    chosen = [(s, o) for s, o in CANDIDATES if f"{s}{o}" in args.solvers]
+    print(f"plan: budget {args.budget_ms:g} ms at batch {args.batch}, NFE <= {args.max_nfe}, {device}; timing the "
+          f"backends ...", file=sys.stderr, flush=True)
+    res = plan_sampler(den, budget_ms=args.budget_ms, batch=args.batch, max_nfe=args.max_nfe, candidates=chosen,
+                       backends=args.backends, learn=args.learn, learn_top=args.learn_top,
+                       learn_seconds=args.learn_seconds, n_select=args.n_select, n_eval=n_eval,
+                       teacher_steps=args.teacher_steps, metrics=metrics, cache=args.cache, out=args.out,
+                       device=device, threads=torch.get_num_threads(), cond_fn=cond_fn,
+                       sample_shape=sample_shape(den, args.shape), repeats=args.repeats)
+    print(res.markdown())
+    print(f"wrote {os.path.join(args.out, 'schedule.json')} (+ plan.md, plan.json, plan.png); sample with: ldd-fast "
+          f"sample --model {args.model} --schedule {os.path.join(args.out, 'schedule.json')} --solver "
+          f"{res.best['solver_name']} --order {res.best['order']}")
+    return 0
 
 
 def cmd_export(args) -> int:
@@ -571,13 +786,14 @@ def cmd_export(args) -> int:
     if args.timing_cache:
         check_output_path(args.timing_cache, "--timing-cache")
     sched = Schedule.load(args.schedule)
-    den = load_model(args.model)
+    device = setup_compute(args)
+    den = load_model(args.model).to(device)
     shape = sample_shape(den, args.shape)
     batch = args.static_batch or 1
-    z = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0)).to(device)
     cond = None
     if args.conditional or den.guidance_scale != 1.0:
-        cond = torch.zeros(batch, dtype=torch.long)
+        cond = torch.zeros(batch, dtype=torch.long, device=device)
     options = {"variant": args.variant} if args.variant else {}
     info = to_onnx(den, sched, args.onnx, z, solver=args.solver, order=args.order, cond=cond,
                    dynamic_batch=args.static_batch is None, dtype=torch.float16 if args.fp16 else None,
@@ -591,8 +807,8 @@ def cmd_export(args) -> int:
         from .export import OnnxSampler
 
         runner = OnnxSampler(info.path)
-        zz = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1))
-        cc = None if cond is None else torch.zeros(3, dtype=torch.long)
+        zz = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1)).to(device)
+        cc = None if cond is None else torch.zeros(3, dtype=torch.long, device=device)
         with torch.no_grad():
             ref = sample(den, zz, sched, solver=args.solver, order=args.order, cond=cc, force=args.force,
                             **options)
@@ -614,7 +830,8 @@ def cmd_demo(args) -> int:
 
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise CLIError(f"--out {args.out}: exists and is not a folder")
-    return run(out=args.out, quick=args.quick)
+    device = setup_compute(args)
+    return run(out=args.out, quick=args.quick, device=device, threads=torch.get_num_threads())
 
 
 # ----- errors -----------------------------------------------------------------------------
@@ -650,9 +867,8 @@ def describe_error(e: BaseException) -> str:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    threads = torch.get_num_threads()
     try:
-        if argv and argv[0] == "bench":
-            return cmd_bench(argv[1:])
         args = parse_args(argv)
         return args.func(args)
     except KeyboardInterrupt:
@@ -663,6 +879,8 @@ def main(argv=None) -> int:
             raise
         print(f"ldd-fast: error: {describe_error(e)}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(threads)  # in-process callers (tests, notebooks) keep their setting
 
 
 if __name__ == "__main__":

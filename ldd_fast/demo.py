@@ -5,7 +5,9 @@
 3. an LD3 schedule learned for UniPC-3 at NFE 4, on the same held-out seeds;
 4. the flow-matching model beside it (rectified flow, as SD3 / Flux): its hand-made schedules at
    NFE 4, including the pipelines' own shifted grid (SD3's shift 3);
-5. the sampler backends that run on this machine, timed against the network-call floor;
+5. the sampler backends that run on this machine, timed against the network-call floor (lf.bench);
+6. the planner (lf.plan_sampler) at two latency budgets: the best solver, NFE, schedule and backend
+   that fit, against the hand choice (DPM-Solver++ 2M, EDM schedule, largest NFE that fits);
 then a table, sample grids and the learned schedule under --out.
 """
 from __future__ import annotations
@@ -24,21 +26,24 @@ from .teacher import TeacherSpec, noise_for
 HELDOUT_SEED = 4242
 
 
-def run(out: str = "ldd_fast_out", quick: bool = False) -> int:
+def run(out: str = "ldd_fast_out", quick: bool = False, device=None, threads: int | None = None) -> int:
     from .plots import save_grid
     from .learn import LD3Config, learn
     from .zoo.builtin import load
 
     os.makedirs(out, exist_ok=True)
+    device = torch.device("cpu") if device is None else torch.device(device)
     t_start = time.perf_counter()
-    den = load("digits")
+    den = load("digits").to(device)
     n = 64 if quick else FD_SAMPLES
-    z = noise_for(n, den.sample_shape, HELDOUT_SEED)
+    z = noise_for(n, den.sample_shape, HELDOUT_SEED).to(device)
     print(f"ldd-fast demo: built-in model 'digits' ({sum(p.numel() for p in den.parameters()) / 1e6:.2f} M "
-          f"parameters, EDM, 8x8 digits); {n} held-out seeds", flush=True)
+          f"parameters, EDM, 8x8 digits); {n} held-out seeds, {torch.get_num_threads()} thread(s), {device}", flush=True)
+    _stage(t_start, "the reference teacher (UniPC-3, 100 steps) on the held-out seeds")
     with torch.no_grad():
         teacher = sample(den, z, discretize(den.noise, 20 if quick else 100, "edm"), solver="unipc")
     metrics = None if quick else DigitsMetrics()
+    _stage(t_start, "hand-made schedules at NFE 4 and 6 (UniPC-3, DPM-Solver++ 3M)")
 
     def grid(name, x):
         path = os.path.join(out, name)
@@ -52,7 +57,7 @@ def run(out: str = "ldd_fast_out", quick: bool = False) -> int:
         with torch.no_grad():
             x = sample(model, noise, sched, solver=solver, order=order)
         err = rmse(x, ref).mean().item()
-        fd = metrics.fd(x)["fd"] if metrics else float("nan")
+        fd = metrics.fd(x.cpu())["fd"] if metrics else float("nan")
         rows.append((model.name, f"{solver}{order}", sched.nfe, name, err, fd))
         return x
 
@@ -62,19 +67,19 @@ def run(out: str = "ldd_fast_out", quick: bool = False) -> int:
                 x = evaluate(kind, solver, order, discretize(den.noise, nfe, kind))
                 if solver == "unipc" and nfe == 4:
                     files.append(grid(f"unipc3_nfe4_{kind}.png", x))
-    print("learning an LD3 schedule for UniPC-3 at NFE 4 ...", flush=True)
+    _stage(t_start, "learning an LD3 schedule for UniPC-3 at NFE 4 (teacher pairs, then 7 rounds)")
     cfg = LD3Config(rounds_xi=1, rounds_both=1) if quick else None
     res = learn(den, solver="unipc", order=3, nfe=4, shape=den.sample_shape, out=os.path.join(out, "ld3_unipc3_nfe4"),
                 resume=True, n_train=4 if quick else 50, n_valid=4 if quick else 50,
                 teacher=TeacherSpec(nfe=8) if quick else None, config=cfg)
+    _stage(t_start, f"learned in {res.stats['seconds']:.0f} s; sampling with it")
     x = evaluate("ld3", "unipc", 3, res.schedule)
     files.append(grid("unipc3_nfe4_ld3.png", x))
     sched_path = os.path.join(out, "unipc3_nfe4_ld3.json")
     res.schedule.save(sched_path)
 
-    flow = load("digits_flow")
-    print("the flow-matching model 'digits_flow' (rectified flow from pure noise at t = 1, as SD3 / Flux) ...",
-          flush=True)
+    flow = load("digits_flow").to(device)
+    _stage(t_start, "the flow-matching model 'digits_flow' (rectified flow from pure noise at t = 1, as SD3 / Flux)")
     with torch.no_grad():  # a flow's path converges on a time grid (quality.REFERENCE), not on EDM's
         flow_teacher = sample(flow, z, discretize(flow.noise, 20 if quick else 100, "time_uniform"), solver="unipc",
                               lower_order_final=True)
@@ -93,9 +98,11 @@ def run(out: str = "ldd_fast_out", quick: bool = False) -> int:
     summary = (f"UniPC-3 at NFE 4: LD3 RMSE {ld3[4]:.4f} vs best hand-made ({best[3]}) {best[4]:.4f}: "
                f"{best[4] / ld3[4]:.2f}x lower error")
     lines += ["", summary]
-    lines += ["", "Backends (median of repeated calls, relative to nfe x one PyTorch network forward; "
+    lines += ["", "Backends (lf.bench: median of interleaved rounds, relative to nfe x one eager network forward; "
                   "onnxruntime also runs the network itself, so it can go below 1):"]
-    lines += backend_lines(den, res.schedule, quick)
+    lines += backend_lines(den, res.schedule, quick, device, t_start)
+    lines += ["", "Planner (lf.plan_sampler, hand-made schedules; budgets from this machine's network call):"]
+    lines += planner_lines(den, quick, device, os.path.join(out, "plan"), t_start)
     table = os.path.join(out, "results.md")
     atomic_write_text(table, "# ldd-fast demo\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -104,42 +111,53 @@ def run(out: str = "ldd_fast_out", quick: bool = False) -> int:
     return 0
 
 
-def backend_lines(den, sched, quick) -> list[str]:
-    """Time the sampler backends that run on this machine against nfe x one network forward."""
-    import statistics
+def _stage(t_start: float, what: str) -> None:
+    print(f"[{time.perf_counter() - t_start:5.0f} s] {what} ...", flush=True)
 
-    z = torch.randn(8 if quick else 64, *den.sample_shape)
-    reps = 3 if quick else 10
-    t_net = den.time_net(torch.tensor(1.0))
 
-    def timed(fn):
-        fn()
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
+def backend_lines(den, sched, quick, device, t_start) -> list[str]:
+    """Time the sampler backends that run on this machine against nfe x one network forward (lf.bench)."""
+    from .bench import bench
 
-    with torch.no_grad():
-        floor = sched.nfe * timed(lambda: den.net_call(z, t_net))
-        out = [f"- network floor ({sched.nfe} x one forward, batch {z.shape[0]}): {1e3 * floor:.1f} ms",
-               f"- lf.sample (eager, plans on every call): {timed(lambda: sample(den, z, sched)) / floor:.3f} x floor"]
-        from .sampler import Sampler, available_backends
-
-        for backend, why_not in available_backends().items():
-            if why_not is not None:
-                out.append(f"- lf.Sampler backend={backend}: not on this machine ({why_not})")
-            elif backend == "compile" and quick:
-                out.append("- lf.Sampler backend=compile: skipped in --quick (compiling takes a minute)")
-            else:
-                fast = Sampler(den, sched, backend=backend)
-                out.append(f"- lf.Sampler backend={backend}: {timed(lambda: fast(z)) / floor:.3f} x floor")
-        try:
-            from .export.bench import onnx_backend
-
-            runner, _ = onnx_backend(den, sched, z)
-            out.append(f"- onnxruntime (one exported graph): {timed(lambda: runner(z)) / floor:.3f} x floor")
-        except ImportError as e:
-            out.append(f"- onnxruntime: needs the [export] extra ({e})")
+    backends = ("eager", "triton", "cuda_graph", "onnxruntime") + (() if quick else ("compile",))
+    _stage(t_start, f"timing the backends {', '.join(backends)}"
+           + ("" if quick else " (compile's first call takes about a minute on a CPU)"))
+    res = bench(den, {"ld3": sched}, backends=backends, batches=(8 if quick else 64,), device=device,
+                threads=torch.get_num_threads(), repeats=3 if quick else 10, warmup=1, show_progress=False)
+    out = [f"- network floor ({sched.nfe} x one forward, batch {res.rows[0]['batch']}): "
+           f"{res.rows[0]['eager_floor_ms']:.1f} ms"] if res.rows else []
+    for r in res.rows:
+        name = "onnxruntime (one exported graph)" if r["backend"] == "onnxruntime" else f"lf.Sampler backend={r['backend']}"
+        out.append(f"- {name}: {r['ratio_eager_floor']['median']:.3f} x floor (parity {r['parity']:.1e})")
+    out += [f"- {k['backend']}: not on this machine ({k['reason']})" for k in res.skipped]
+    if quick:
+        out.append("- lf.Sampler backend=compile: skipped in --quick (compiling takes a minute)")
     return out
+
+
+def planner_lines(den, quick, device, out, t_start) -> list[str]:
+    """lf.plan_sampler at two budgets: about 3 and 8 network calls of this machine at batch 8."""
+    from .bench import bench
+    from .planner import plan_sampler
+
+    batch = 8
+    probe = bench(den, discretize(den.noise, 1, "edm"), backends=("eager",), batches=(batch,), device=device,
+                  threads=torch.get_num_threads(), repeats=5, warmup=1, show_progress=False)
+    call_ms = probe.rows[0]["sampler_ms"]["median"]
+    lines = []
+    for calls in (3, 8):
+        budget = round(calls * call_ms, 1)
+        _stage(t_start, f"planner: budget {budget:g} ms at batch {batch} (about {calls} eager network calls here)")
+        res = plan_sampler(den, budget_ms=budget, batch=batch, max_nfe=10, backends=("eager", "onnxruntime"),
+                           n_select=32 if quick else 64, n_eval=32 if quick else 128,
+                           teacher_steps=20 if quick else 50, repeats=3 if quick else 10, device=device,
+                           threads=torch.get_num_threads(), out=os.path.join(out, f"budget_{calls}calls"),
+                           show_progress=False)
+        b = res.best
+        lines.append(f"- budget {budget:g} ms: {b['solver']} NFE {b['nfe']}, {b['schedule']} schedule, {b['backend']}: "
+                     f"held-out RMSE {b['rmse']:.4f}, predicted {b['predicted_ms']:.1f} ms, measured "
+                     f"{b['measured_ms']:.1f} ms")
+        for h in res.hand_choice:
+            lines.append(f"  - by hand (DPM-Solver++ 2M, EDM, NFE {h['nfe']}, {h['backend']}): RMSE {h['rmse']:.4f}, "
+                         f"{h['measured_ms']:.1f} ms")
+    return lines

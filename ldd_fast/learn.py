@@ -45,8 +45,10 @@ from .schedule import Schedule
 from .teacher import TeacherData, TeacherSpec, make_teacher, pair_conditions, teacher_info
 
 MODES = ("lambda", "time")
+OPTIMIZERS = ("ld3", "adam")
 CHECKPOINT = "ld3_checkpoint.safetensors"
 TEACHER_FILE = "teacher.safetensors"
+LD3_SCHEDULE_FILE = "ld3_schedule.json"  # with learned coefficients: LD3's rounds' own best
 CHECKPOINT_KIND = "LD3 checkpoint"
 # Files of the pickle-based format (ldd-fast 0.1 before issue 9); never read, named in a warning.
 OLD_FILES = ("ld3_checkpoint.pt", "teacher.pt")
@@ -78,11 +80,14 @@ class LD3Config:
     # The learned solver (learn(coefficients=...)): phase 3 learns corrections of the solver's weights on
     # buffered denoiser outputs jointly with xi and xi_c, starting from LD3's best (phases 1-2).
     coefficients: str | None = None  # None (LD3 only) | "exact" | "relaxed"
-    rounds_coef: int = 7        # as many as LD3's rounds: the learned solver costs at most 2x LD3
+    rounds_coef: int = 6        # one fewer than LD3's 7: the learned solver (LD3 + these) costs 13/7 = 1.86x LD3
     lr_coef: float = 0.03       # Adam on the corrections (fractions of an update's total output weight)
     coef_reg: float = 1e-4      # lambda * sum u^2: pulls the corrections toward the base solver
     min_lr_coef: float = 1e-4
     coef_joint: bool = True     # phase 3 also updates xi and xi_c (False: the corrections alone, times fixed)
+    # "ld3": RMSprop on xi, SGD on xi_c (the paper's); "adam": Adam on both at lr_xi (lr_xi_c if given),
+    # the plain hard-loss learner of the baselines with soft=False.
+    optimizer: str = "ld3"
 
     def validate(self):
         if self.mode not in MODES:
@@ -99,6 +104,8 @@ class LD3Config:
             raise ValueError("learning coefficients needs rounds_coef >= 1")
         if not (self.coef_reg >= 0 and self.lr_coef > 0):
             raise ValueError(f"need coef_reg >= 0 and lr_coef > 0, got {self.coef_reg}, {self.lr_coef}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if not 0 < self.win_rate <= 0.5:
             raise ValueError(f"win_rate must be in (0, 0.5] so shifted times stay between neighbours, "
                              f"got {self.win_rate}")
@@ -201,6 +208,8 @@ class LearnResult:
     schedule: Schedule
     history: list[dict]
     stats: dict = field(default_factory=dict)
+    # With learned coefficients: the best schedule of LD3's rounds in the same run (same teacher pairs).
+    ld3_schedule: Schedule | None = None
 
 
 class LD3Trainer:
@@ -235,14 +244,23 @@ class LD3Trainer:
         self.lr_z = config.lr_z if config.lr_z is not None else 12.0 / nfe
         dim = math.prod(teacher.z.shape[1:])
         self.radius = config.gamma * dim / nfe**2 if config.soft else 0.0
-        self.opt_xi = torch.optim.RMSprop([self.params.xi], lr=config.lr_xi, momentum=config.momentum_xi)
-        self.opt_xi_c = torch.optim.SGD([self.params.xi_c], lr=self.lr_xi_c)
+        if config.optimizer == "adam":
+            self.lr_xi_c = config.lr_xi_c if config.lr_xi_c is not None else config.lr_xi
+            self.opt_xi = torch.optim.Adam([self.params.xi], lr=config.lr_xi)
+            self.opt_xi_c = torch.optim.Adam([self.params.xi_c], lr=self.lr_xi_c)
+        else:
+            self.opt_xi = torch.optim.RMSprop([self.params.xi], lr=config.lr_xi, momentum=config.momentum_xi)
+            self.opt_xi_c = torch.optim.SGD([self.params.xi_c], lr=self.lr_xi_c)
         self.z_train = self.train.z.clone()
         self.z_valid = self.valid.z.clone()
         self.round, self.count_worse, self.calls = 0, 0, 0
+        self.evaluations = 0  # per-sample network evaluations (calls counts batched ones)
         self.history: list[dict] = []
-        self.best = None  # (valid hard loss, round, xi, xi_c)
+        self.best = None  # (valid hard loss, round, xi, xi_c, coef)
+        self.best_ld3 = None  # the same over LD3's rounds only (the learned solver's phases 1-2)
         self.elapsed = 0.0
+        self.reuse_plans = True
+        self._plan_cache = None  # (parameter versions, plan, graph spent by a backward pass)
 
     # ----- the student ----------------------------------------------------------------
 
@@ -253,13 +271,35 @@ class LD3Trainer:
         with torch.no_grad():
             return self.decoder(y)
 
-    def student(self, z: torch.Tensor, cond) -> torch.Tensor:
-        t, t_eval = self.params()
+    def plan(self):
+        """The student's Plan at the current parameters, always built with its autograd graph.
+
+        Planning is the one non-network cost that grows with the steps taken (profile:
+        benchmarks/learn_profile.py), so a plan is reused until a parameter changes (the tensors'
+        in-place version counters: optimiser steps and restores bump them) or a backward pass has
+        consumed its graph. A training step's accept check (after the parameter update) therefore
+        builds the plan that the next step trains through: one plan per step instead of two.
+        """
         learned = self.cfg.coefficients is not None and self.round >= self.ld3_rounds
-        plan = solvers.make_plan(self.den.noise, t, t_eval, solver=self.solver, order=self.order,
-                                 coefficients=self.coef() if learned else None,
-                                 coefficient_form=self.cfg.coefficients or "exact", **self.solver_options)
+        key = (self.params.xi._version, self.params.xi_c._version, self.coef.u._version, learned)
+        cache = self._plan_cache
+        if (self.reuse_plans and cache is not None and cache[0] == key
+                and not (cache[2] and torch.is_grad_enabled())):
+            return cache[1]
+        with torch.enable_grad():
+            t, t_eval = self.params()
+            plan = solvers.make_plan(self.den.noise, t, t_eval, solver=self.solver, order=self.order,
+                                     coefficients=self.coef() if learned else None,
+                                     coefficient_form=self.cfg.coefficients or "exact", **self.solver_options)
+        self._plan_cache = [key, plan, False]
+        return plan
+
+    def student(self, z: torch.Tensor, cond) -> torch.Tensor:
+        plan = self.plan()
+        if torch.is_grad_enabled():
+            self._plan_cache[2] = True  # the caller's backward pass frees this plan's graph
         self.calls += plan.nfe
+        self.evaluations += plan.nfe * z.shape[0]
         x = run_plan(plan, self.den, z.to(self.device, self.dtype), cond, checkpoint=self.checkpoint_calls)
         return x if self.decoder is None else self.decoder(x)
 
@@ -358,7 +398,7 @@ class LD3Trainer:
                 bar.set_postfix(train=f"{sum(losses) / len(losses):.4f}")
         rec = {"round": r, "phase": self.phase(r), "train_soft": sum(losses) / len(losses) if losses else float("nan"),
                **self.validate(), "lr_xi": self.opt_xi.param_groups[0]["lr"],
-               "lr_xi_c": self.opt_xi_c.param_groups[0]["lr"], "calls": self.calls}
+               "lr_xi_c": self.opt_xi_c.param_groups[0]["lr"], "calls": self.calls, "evaluations": self.evaluations}
         if self.phase(r) == 3:
             rec["lr_coef"] = self.opt_coef.param_groups[0]["lr"]
             rec["coef_norm"] = float(self.coef.u.detach().norm())
@@ -373,6 +413,8 @@ class LD3Trainer:
                          "xi": self.params.xi.detach().clone(), "xi_c": self.params.xi_c.detach().clone(),
                          "coef": self.coef.u.detach().clone()}
             self.count_worse = 0
+            if rec["round"] < self.ld3_rounds:
+                self.best_ld3 = self.best
         else:
             self.count_worse += 1
             if self.count_worse >= self.cfg.patience:
@@ -417,7 +459,8 @@ class LD3Trainer:
 
     def state_dict(self) -> dict:
         return {"identity": self.identity(), "round": self.round, "count_worse": self.count_worse,
-                "calls": self.calls, "elapsed": self.elapsed, "history": self.history, "best": self.best,
+                "calls": self.calls, "evaluations": self.evaluations, "elapsed": self.elapsed,
+                "history": self.history, "best": self.best, "best_ld3": self.best_ld3,
                 "params": self.params.state_dict(), "opt_xi": self.opt_xi.state_dict(),
                 "opt_xi_c": self.opt_xi_c.state_dict(), "coef": self.coef.u.detach(),
                 "opt_coef": self.opt_coef.state_dict(), "z_train": self.z_train, "z_valid": self.z_valid}
@@ -429,16 +472,18 @@ class LD3Trainer:
         n_steps, n_shift = self.params.xi.numel(), self.params.xi_c.numel()
         rnd = f.int("round", 0, self.total_rounds)
         count_worse, calls, elapsed = f.int("count_worse"), f.int("calls"), f.number("elapsed")
+        evaluations = f.int("evaluations")
         history = f.get("history", list)
         if len(history) != rnd + 1 or not all(isinstance(h, dict) and isinstance(h.get("valid_hard"), float)
                                                  for h in history):
             raise f.error("history", f"expected {rnd + 1} round records with a 'valid_hard' loss")
-        best = f.sub("best")
-        best.number("valid_hard")
-        best.int("round", -1, self.total_rounds)
-        best.tensor("xi", shape=(n_steps,), floating=True, finite=True)
-        best.tensor("xi_c", shape=(n_shift,), floating=True, finite=True)
-        best.tensor("coef", shape=self.coef.u.shape, floating=True, finite=True)
+        best, best_ld3 = f.sub("best"), f.sub("best_ld3")
+        for rec, last in ((best, self.total_rounds), (best_ld3, self.ld3_rounds)):
+            rec.number("valid_hard")
+            rec.int("round", -1, last)
+            rec.tensor("xi", shape=(n_steps,), floating=True, finite=True)
+            rec.tensor("xi_c", shape=(n_shift,), floating=True, finite=True)
+            rec.tensor("coef", shape=self.coef.u.shape, floating=True, finite=True)
         coef = f.tensor("coef", shape=self.coef.u.shape, floating=True, finite=True)
         z_train = f.tensor("z_train", shape=self.z_train.shape, floating=True, finite=True)
         z_valid = f.tensor("z_valid", shape=self.z_valid.shape, floating=True, finite=True)
@@ -463,7 +508,8 @@ class LD3Trainer:
             raise StateFileError(f"{where}: does not fit this run ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
         self.round, self.count_worse, self.calls, self.elapsed = rnd, count_worse, calls, elapsed
-        self.history, self.best = history, best.tree
+        self.evaluations = evaluations
+        self.history, self.best, self.best_ld3 = history, best.tree, best_ld3.tree
         self.z_train, self.z_valid = z_train.to(self.z_train.dtype), z_valid.to(self.z_valid.dtype)
 
     def save_checkpoint(self) -> None:
@@ -474,7 +520,8 @@ class LD3Trainer:
     # ----- the run --------------------------------------------------------------------
 
     def initial_record(self) -> dict:
-        rec = {"round": -1, "phase": 0, "train_soft": float("nan"), **self.validate(), "calls": self.calls}
+        rec = {"round": -1, "phase": 0, "train_soft": float("nan"), **self.validate(), "calls": self.calls,
+               "evaluations": self.evaluations}
         self._select(rec)
         return rec
 
@@ -489,22 +536,34 @@ class LD3Trainer:
             self.elapsed = time.perf_counter() - start
             self.history[-1]["seconds"] = self.elapsed  # cumulative: what each phase cost
             self.save_checkpoint()
+        ld3 = None
+        if self.cfg.coefficients is not None:  # LD3's own result in this run, for an equal-teacher comparison
+            self._set_params(self.best_ld3["xi"], self.best_ld3["xi_c"], self.best_ld3["coef"])
+            ld3 = self.schedule(ld3_only=True)
         self._set_params(self.best["xi"], self.best["xi_c"], self.best["coef"])
-        return LearnResult(self.schedule(), self.history, self.stats())
+        return LearnResult(self.schedule(), self.history, self.stats(), ld3)
 
     def stats(self) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-        s = {"network_calls": self.calls, "seconds": self.elapsed, "peak_rss_mib": peak}
+        s = {"network_calls": self.calls, "network_evaluations": self.evaluations, "seconds": self.elapsed,
+             "peak_rss_mib": peak}
         if torch.cuda.is_available() and self.device.type == "cuda":
             s["peak_cuda_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         return s
 
-    def schedule(self) -> Schedule:
+    def schedule(self, ld3_only: bool = False) -> Schedule:
+        """The schedule at the current parameters, recorded as the selection self.best; ld3_only: as
+        self.best_ld3, LD3's alone (origin "ld3", no coefficients, the cost of LD3's rounds)."""
+        best = self.best_ld3 if ld3_only else self.best
         with torch.no_grad():
             t, t_eval = self.params()
         init = self.history[0]
-        learned = {}
-        if self.cfg.coefficients is not None:
+        learned, stats = {}, self.stats()
+        if ld3_only:
+            last = [h for h in self.history if h["round"] < self.ld3_rounds][-1]
+            stats.update(network_calls=last["calls"], network_evaluations=last["evaluations"],
+                         seconds=last.get("seconds", float("nan")))
+        elif self.cfg.coefficients is not None:
             ld3 = min(h["valid_hard"] for h in self.history if h["round"] < self.ld3_rounds)
             learned = {"coefficients": [c.cpu() for c in self.coef()], "coefficient_form": self.cfg.coefficients}
         return Schedule(
@@ -513,10 +572,10 @@ class LD3Trainer:
             lower_order_final=self.solver_options.get("lower_order_final"),
             guidance_scale=self.den.guidance_scale, fingerprint=self.den.fingerprint(),
             origin="ld3+coefficients" if learned else "ld3", **learned,
-            metrics={"valid_hard": self.best["valid_hard"], "valid_soft": self.best["valid_soft"],
+            metrics={"valid_hard": best["valid_hard"], "valid_soft": best["valid_soft"],
                      "valid_hard_init": init["valid_hard"], "valid_soft_init": init["valid_soft"],
                      **({"valid_hard_ld3": ld3} if learned else {}),
-                     "best_round": self.best["round"], "loss": self.loss_name},
+                     "best_round": best["round"], "loss": self.loss_name},
             info={"mode": self.cfg.mode, "teacher": self.teacher_info.get("teacher"),
                   "teacher_seed": self.teacher_info.get("seed"), "n_train": self.cfg.n_train,
                   "n_valid": self.cfg.n_valid, "seed": self.cfg.seed, "soft": self.cfg.soft,
@@ -524,7 +583,7 @@ class LD3Trainer:
                   + ([self.cfg.rounds_coef] if learned else []),
                   **({"coef_reg": self.cfg.coef_reg, "lr_coef": self.cfg.lr_coef} if learned else {}),
                   "init": getattr(self, "init_choice", None),
-                  "stats": self.stats()})
+                  "stats": stats})
 
 
 def run_identity(den, solver, order, nfe, options, cfg, loss_name, teacher_info) -> dict:
@@ -588,7 +647,8 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
     config.rounds_coef more rounds learn corrections of the solver's weights on buffered denoiser outputs
     jointly with the times, zero-sum per update so the solver stays exact for a constant denoiser; the
     best round on the validation pairs wins, LD3's included), or "relaxed" (also a scale of each
-    update's total weight). The schedule then carries `coefficients` (format version 2).
+    update's total weight). The schedule then carries `coefficients` (format version 2);
+    result.ld3_schedule (out/ld3_schedule.json) is the best of LD3's rounds in the same run.
     mode: "lambda" (the paper's choice for pixel models), "time" (latent models), or "auto": learn
     both (in out/lambda and out/time) and keep the one with the lower validation hard loss; the
     result's history is the winner's, schedule.info["mode_selection"] records both losses.
@@ -687,6 +747,8 @@ def _learn(den, solver, order, nfe, shape, cfg, teacher, loss, decoder, cond, in
     result = trainer.fit()
     if out is not None:
         result.schedule.save(os.path.join(out, "schedule.json"))
+        if result.ld3_schedule is not None:
+            result.ld3_schedule.save(os.path.join(out, LD3_SCHEDULE_FILE))
         try:
             from .plots import plot_learning
             plot_learning(result, init_schedule=init, out=out)

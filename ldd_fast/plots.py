@@ -86,3 +86,56 @@ def plot_learning(result, *, init_schedule=None, out: str) -> list[str]:
     atomic_write(times, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return [curve, times]
+
+
+def plot_bench(result, path: str) -> str:
+    """Sampler latency vs batch, one line per backend (and schedule); dashed: the eager floor. PNG, atomic."""
+    plt = _pyplot()
+    rows = result.rows
+    fig, ax = plt.subplots(figsize=(6, 4))
+    keys = sorted({(r["schedule"], r["backend"]) for r in rows})
+    for name, backend in keys:
+        pts = sorted((r["batch"], r["sampler_ms"]["median"]) for r in rows
+                     if (r["schedule"], r["backend"]) == (name, backend))
+        label = backend if len({k[0] for k in keys}) == 1 else f"{name}: {backend}"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
+    floor = sorted({(r["batch"], r["eager_floor_ms"]) for r in rows if r["eager_floor_ms"] is not None})
+    if floor:
+        ax.plot([p[0] for p in floor], [p[1] for p in floor], "k--", lw=1, label="eager floor (nfe x forward)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("ms per sampler call (median)")
+    env = result.env
+    ax.set_title(f"{env.get('gpu') or env['cpu']}, {env['torch_threads']} thread(s)", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return path
+
+
+def plot_plan(result, path: str) -> str:
+    """The planner's candidates: held-out RMSE vs predicted latency, the Pareto front, the budget, the choice."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for solver in sorted({r["solver"] for r in result.rows}):
+        pts = [(r["predicted_ms"], r["rmse"]) for r in result.rows if r["solver"] == solver]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", ms=4, alpha=0.7, label=solver)
+    front = result.pareto()
+    ax.plot([r["predicted_ms"] for r in front], [r["rmse"] for r in front], "k-", lw=1, label="Pareto front")
+    b = result.best
+    ax.plot([b["predicted_ms"]], [b["rmse"]], "*", ms=14, color="crimson",
+            label=f"chosen: {b['solver']} nfe {b['nfe']} {b['schedule']}")
+    for h, color in zip(result.hand_choice, ("gray", "black")):
+        ax.plot([h["measured_ms"]], [h["rmse"]], "x", ms=10, color=color,
+                label=f"hand choice: dpmpp2 nfe {h['nfe']} ({h['backend']}, measured)")
+    ax.axvline(b["budget_ms"], color="crimson", ls=":", lw=1, label=f"budget {b['budget_ms']:g} ms")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"predicted ms per call (batch {b['batch']})")
+    ax.set_ylabel("held-out teacher RMSE")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return path

@@ -110,12 +110,15 @@ def call_tables(den: Denoiser, plan: Plan, guided: bool):
     return den.time_net(plan.t_eval), [den.affine(plan.t_eval[i], guided) for i in range(plan.nfe)]
 
 
-def run_plan(plan: Plan, den: Denoiser, z: torch.Tensor, cond=None, *, checkpoint: bool = False) -> torch.Tensor:
+def run_plan(plan: Plan, den: Denoiser, z: torch.Tensor, cond=None, *, checkpoint: bool = False,
+             trace: list | None = None) -> torch.Tensor:
     """Execute a Plan with torch ops: x = prior_scale * z, then per call D and the linear map.
 
     checkpoint: recompute each network call in the backward pass instead of keeping its
     activations (torch.utils.checkpoint), so backpropagation through nfe calls of a large
     model needs the memory of about one call.
+    trace: a list that receives (network input register, D) of every call, in call order (the
+    trajectory of a fine solver, as GITS needs: ldd_fast.baselines).
     """
     check_noise(z, cond, den)
     x = z * den.noise.prior_scale
@@ -137,6 +140,8 @@ def run_plan(plan: Plan, den: Denoiser, z: torch.Tensor, cond=None, *, checkpoin
         d = None if a is None else a * x_in
         for r, w in zip(raw, b):
             d = w * r if d is None else torch.addcmul(d, w, r)
+        if trace is not None:
+            trace.append((x_in, d))
         src = regs + [d]
         rows = coefs[i]
         # A register that is a plain copy (m1 = D, x unchanged) aliases its source.

@@ -336,6 +336,21 @@ class Sampler:
                             f"backend {self.backend})")
         return x
 
+    def network_forward(self, z: torch.Tensor, cond=None):
+        """A callable making one network call exactly as this sampler makes it (the same input batch, time
+        table, condition pairing and dtype), for the latency floor: nfe x this is what no sampler can beat.
+        Under guidance it evaluates the doubled [x, x] batch, as the sampler's calls do."""
+        self._check(z, cond)
+        guided = self.den.guided(cond)
+        tabs = self.programs[guided]
+        x = torch.cat([z, z]) if guided else z.contiguous()
+        network = self._network(tabs, self._pair(cond, guided), guided)
+
+        def forward():
+            with torch.no_grad():
+                return network(x, 0)
+        return forward
+
     def _pair(self, cond, guided: bool):
         """cond, or [cond, null] for the guided network's one batched call (made once per sampler call)."""
         if not guided:
@@ -522,7 +537,7 @@ def _load_kernels(device: torch.device, backend: str):
     """The one lazy import of ldd_fast.kernels, with an error that names the alternatives."""
     alternatives = "Use backend='eager' (torch ops) or backend='compile' (torch.compile) instead."
     try:
-        from . import kernels
+        import ldd_fast.kernels as kernels
     except ImportError as e:
         raise RuntimeError(f"backend={backend!r} needs the fused Triton update (ldd_fast.kernels), which cannot be "
                            f"imported ({e}); install the [triton] extra. {alternatives}") from e

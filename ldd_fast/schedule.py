@@ -17,6 +17,7 @@ from .noise import DTYPE, NoiseSchedule, RectifiedFlow, from_description
 FORMAT_VERSION = 2  # written when a schedule holds learned solver coefficients; plain schedules stay version 1
 READ_VERSIONS = (1, 2)
 KINDS = ("time_uniform", "time_quadratic", "logsnr", "edm")
+KIND_ALIASES = {"karras": "edm"}  # k-diffusion's name for the EDM (Karras et al.) schedule
 FLOW_KINDS = ("flowmatch", "flux")  # the flow-matching pipelines' own grids (rectified flows only)
 _RANGE_RTOL = 1e-9
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
@@ -436,7 +437,7 @@ def discretize(noise: NoiseSchedule, nfe: int, kind: str = "logsnr", *, solver: 
     """A hand-made schedule from t_max to t_end (default t_min) that spends exactly nfe network calls.
 
     kind: "time_uniform" (linear in t), "time_quadratic" (linear in sqrt t, as DPM-Solver),
-    "logsnr" (linear in lambda), "edm" (Karras et al. 2022 eq. 5: linear in sigma^(1/rho)
+    "logsnr" (linear in lambda), "edm" (alias "karras"; Karras et al. 2022 eq. 5: linear in sigma^(1/rho)
     with sigma = sigma(t) / alpha(t) = exp(-lambda), mapped back to t); for rectified flows also
     "flowmatch" (the grid of diffusers' FlowMatchEulerDiscreteScheduler with `shift`, or with `mu`
     for its dynamic shifting, as Stable Diffusion 3 samples) and "flux" (FluxPipeline's grid:
@@ -450,8 +451,10 @@ def discretize(noise: NoiseSchedule, nfe: int, kind: str = "logsnr", *, solver: 
     """
     if not isinstance(noise, NoiseSchedule):
         raise TypeError(f"noise must be a NoiseSchedule, got {type(noise).__name__}")
+    kind = KIND_ALIASES.get(kind, kind)
     if kind not in KINDS + FLOW_KINDS:
-        raise ValueError(f"unknown discretisation kind {kind!r}; expected one of {KINDS + FLOW_KINDS}")
+        raise ValueError(f"unknown discretisation kind {kind!r}; expected one of {KINDS + FLOW_KINDS} "
+                         f"(or {', '.join(f'{a} = {k}' for a, k in KIND_ALIASES.items())})")
     if final not in solvers.FINALS:
         raise ValueError(f"final must be one of {solvers.FINALS}, got {final!r}")
     if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):

@@ -77,7 +77,8 @@ def test_learn_coefficients_writes_a_learned_solver(tmp_path, capsys):
     (["sample", "--schedule", "missing.json", "-n", "2"], "schedule file not found"),
     (["sample", "--model", "nope", "-n", "2", "--nfe", "4"], "unknown --model"),
     (["sample", "--model", "no.such.module:f", "--nfe", "4"], "cannot import"),
-    (["sample", "--schedule", "edm", "-n", "2"], "--nfe is needed"),
+    (["sample", "--device", "cuda:7", "-n", "2"], "--device"),
+    (["sample", "--threads", "0"], "--threads"),
     (["sample", "--solver", "heun", "--nfe", "4", "--schedule", "edm"], "odd nfe"),
     (["sample", "--nfe", "4", "--label", "12"], "--label"),
 ])
@@ -96,3 +97,48 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert code == 0, err
     assert (tmp_path / "results.md").exists() and (tmp_path / "unipc3_nfe4_ld3.json").exists()
     assert "LD3 RMSE" in out and "x floor" in out
+
+
+def test_sample_without_schedule_or_nfe_uses_the_documented_default(tmp_path, capsys):
+    code, out, err = run(capsys, "sample", "-n", "2", "--out", str(tmp_path / "x.pt"), "--threads", "1")
+    assert code == 0, err
+    assert "nfe=6 (discretize:logsnr)" in out
+    x = torch.load(tmp_path / "x.pt")
+    assert x.shape == (2, 1, 8, 8)
+
+
+def test_karras_is_the_edm_schedule(tmp_path, capsys):
+    den = lf.zoo.load("digits")
+    a, b = lf.discretize(den.noise, 5, "karras"), lf.discretize(den.noise, 5, "edm")
+    assert torch.equal(a.t, b.t) and a.info == b.info
+    code, out, err = run(capsys, "sample", "--schedule", "karras", "--nfe", "4", "-n", "2",
+                         "--out", str(tmp_path / "k.pt"))
+    assert code == 0 and "discretize:edm" in out, err
+
+
+def test_every_computing_command_takes_threads_and_device_and_shows_its_defaults():
+    import argparse
+
+    from ldd_fast.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(commands) == {"sample", "learn", "quality", "bench", "plan", "export", "demo"}
+    for name, sub in commands.items():
+        flags = {f for a in sub._actions for f in a.option_strings}
+        assert {"--threads", "--device"} <= flags, name
+        text = sub.format_help()
+        for a in sub._actions:
+            if not a.option_strings or a.help == argparse.SUPPRESS or isinstance(a, argparse._HelpAction):
+                continue
+            assert a.help, f"{name} {a.option_strings} has no help"
+            if a.default is not None and a.default is not False:
+                assert "default" in a.help or f"(default: {a.default}" in " ".join(text.split()), \
+                    f"{name} {a.option_strings}: default {a.default!r} not shown"
+
+
+def test_threads_default_is_said_and_restored(tmp_path, capsys):
+    before = torch.get_num_threads()
+    code, out, err = run(capsys, "sample", "-n", "2", "--nfe", "2", "--out", str(tmp_path / "x.pt"))
+    assert code == 0, err
+    assert "CPU thread(s)" in out and "--threads N to change" in out
+    assert torch.get_num_threads() == before

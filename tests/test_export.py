@@ -397,15 +397,3 @@ def test_cli_export(tmp_path, capsys):
         rc = main([word for item in {**base, **override}.items() for word in item])
         err = capsys.readouterr().err
         assert rc == 2 and message in err and err.count("\n") == 1, err
-
-
-def test_bench_helper_measures_both_backends():
-    from ldd_fast.export.bench import compare_latency
-
-    den = small_den()
-    rows = compare_latency(den, lf.discretize(den.noise, 3, "edm"), solver="euler", sample_shape=(1, 8, 8),
-                           batches=(2,), threads=1, repeats=2, warmup=1)
-    (row,) = rows
-    assert row["batch"] == 2 and row["threads"] == 1 and row["parity"] <= TOL["onnx_fp32"]
-    assert row["eager_ms"]["median"] > 0 and row["onnxruntime_ms"]["median"] > 0
-    assert torch.get_num_threads() == 1

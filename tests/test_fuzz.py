@@ -169,9 +169,15 @@ FLAGS = {
                "--min-batch", "--opt-batch", "--max-batch", "--strongly-typed", "--timing-cache", "--workspace",
                "--verify"],
     "demo": ["--out", "--quick"],
+    "bench": ["--model", "--schedule", "--nfe", "--backends", "--batch", "--fp16", "--repeats", "--warmup", "--json",
+              "--md", "--plot", "--pipeline", "--height"],
+    "plan": ["--model", "--budget-ms", "--batch", "--max-nfe", "--solvers", "--backends", "--learn", "--learn-top",
+             "--learn-seconds", "--n-select", "--n-eval", "--fd", "--out"],
 }
+for _flags in FLAGS.values():
+    _flags += ["--threads", "--device"]
 REQUIRED = {"learn": ["--nfe", "4", "--out", "s.json"], "export": ["--model", "digits", "--schedule", "s.json",
-                                                                   "--onnx", "s.onnx"]}
+                                                                   "--onnx", "s.onnx"], "plan": ["--budget-ms", "20"]}
 
 
 @st.composite
@@ -194,7 +200,8 @@ def test_cli_parsing_fails_only_with_its_own_one_line_error(argv):
         assert "\n" not in str(e).strip()
         return
     # What parses is within range: no NaN, no non-positive counts reach a command.
-    for key in ("n", "nfe", "n_train", "n_valid", "teacher_nfe", "static_batch", "boot"):
+    for key in ("n", "nfe", "n_train", "n_valid", "teacher_nfe", "static_batch", "boot", "threads", "repeats",
+                "max_nfe", "learn_top", "n_select", "n_eval"):
         v = getattr(args, key, None)
         assert v is None or isinstance(v, list) or v >= 1
     g = getattr(args, "guidance", None)

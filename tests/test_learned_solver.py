@@ -348,3 +348,57 @@ def test_learn_coefficients_arguments():
     with pytest.raises(ValueError, match="rounds_coef >= 1"):
         learn(den, solver="unipc", nfe=3, shape=(2, 4, 4), coefficients=True,
               config=LD3Config(rounds_coef=0), show_progress=False)
+
+
+def test_reused_plans_change_nothing_and_halve_the_planning():
+    """The trainer reuses a plan until a parameter changes (LD3Trainer.plan): the run is bit for bit the
+    one that builds a plan for every solve, with about one plan per training step instead of two."""
+    from ldd_fast.learn import LD3Config, LD3Trainer
+
+    den, data = _mixture_teacher(0, 16)
+    cfg = LD3Config(n_train=8, n_valid=8, rounds_xi=1, rounds_both=1, rounds_coef=1, batch_size=2,
+                    coefficients="exact")
+    runs, builds = [], []
+    for reuse in (True, False):
+        tr = LD3Trainer(den, solver="unipc", order=3, nfe=3, teacher=data, config=cfg, show_progress=False)
+        tr.reuse_plans = reuse
+        count = [0]
+        make = tr.plan.__func__
+
+        def counted(self, _make=make, _count=count):
+            before = self._plan_cache
+            out = _make(self)
+            _count[0] += self._plan_cache is not before
+            return out
+        tr.plan = counted.__get__(tr)
+        runs.append(tr.fit())
+        builds.append(count[0])
+    a, b = runs
+    assert torch.equal(a.schedule.t, b.schedule.t) and torch.equal(a.schedule.t_eval, b.schedule.t_eval)
+    assert a.schedule.coefficients == b.schedule.coefficients
+    assert [h["valid_hard"] for h in a.history] == [h["valid_hard"] for h in b.history]
+    steps = 3 * (8 // 2)
+    assert builds[1] >= 2 * steps and builds[0] <= steps + 2 * 4, builds
+
+
+def test_a_learned_run_returns_ld3s_own_schedule(tmp_path):
+    """With coefficients, the result also holds the best schedule of LD3's rounds in the same run (same
+    teacher pairs): no coefficients, LD3's validation loss and LD3's share of the cost; written beside."""
+    from ldd_fast.learn import LD3_SCHEDULE_FILE, LD3Config, learn
+
+    den, data = _mixture_teacher(0, 16)
+    res = learn(den, solver="unipc", order=3, nfe=3, shape=(2, 4, 4), n_train=8, n_valid=8, teacher=data,
+                config=LD3Config(rounds_xi=1, rounds_both=1, rounds_coef=2, batch_size=4), coefficients=True,
+                out=tmp_path, show_progress=False)
+    ld3 = res.ld3_schedule
+    assert ld3 is not None and ld3.coefficients is None and ld3.origin == "ld3"
+    assert ld3.metrics["valid_hard"] == res.schedule.metrics["valid_hard_ld3"]
+    assert ld3.metrics["best_round"] < 2
+    phase = [h for h in res.history if h["round"] < 2][-1]
+    assert ld3.info["stats"]["network_calls"] == phase["calls"] < res.stats["network_calls"]
+    assert ld3.info["stats"]["network_evaluations"] == phase["evaluations"] < res.stats["network_evaluations"]
+    assert lf.Schedule.load(tmp_path / LD3_SCHEDULE_FILE).metrics == ld3.metrics
+    plain = learn(den, solver="unipc", order=3, nfe=3, shape=(2, 4, 4), n_train=8, n_valid=8, teacher=data,
+                  config=LD3Config(rounds_xi=1, rounds_both=1, batch_size=4), show_progress=False)
+    assert plain.ld3_schedule is None
+    assert torch.equal(plain.schedule.t, ld3.t) and torch.equal(plain.schedule.t_eval, ld3.t_eval)

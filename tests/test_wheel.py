@@ -1,0 +1,61 @@
+"""The package as users install it: a wheel (not the editable checkout) in a virtual environment.
+
+The wheel is built from this checkout and installed into a fresh venv that reuses the installed torch (a
+.pth line pointing at torch's site-packages, whose own .pth files, such as this checkout's editable
+finder, are not run). `ldd-fast bench` then runs from a folder outside the checkout, so every import
+comes from the wheel: the built-in model's weights travel in it and `ldd_fast.bench` needs no source
+checkout. The fresh-environment run with its own torch is recorded once by benchmarks/wheel_bench.sh.
+"""
+import json
+import os
+import subprocess
+import sys
+import venv
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _build_wheel(dist) -> str:
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dist), ROOT]
+    try:
+        import setuptools  # noqa: F401 - present: build without an isolated environment (no registry needed)
+        import wheel  # noqa: F401
+        cmd.insert(4, "--no-build-isolation")
+    except ImportError:
+        pass
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (name,) = [f for f in os.listdir(dist) if f.endswith(".whl")]
+    return os.path.join(dist, name)
+
+
+def test_wheel_in_a_venv_runs_a_bench_outside_the_checkout(tmp_path):
+    whl = _build_wheel(tmp_path / "dist")
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    with open(os.path.join(site, "reuse_torch.pth"), "w") as f:
+        f.write(os.path.dirname(os.path.dirname(torch.__file__)) + "\n")
+    out = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", whl],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    where = subprocess.run([str(py), "-c", "import ldd_fast, ldd_fast.bench; print(ldd_fast.__file__)"],
+                           capture_output=True, text=True, cwd=work, env=env)
+    assert where.returncode == 0, where.stderr[-2000:]
+    assert where.stdout.strip().startswith(str(env_dir)), where.stdout
+    result = work / "bench.json"
+    run = subprocess.run([str(env_dir / "bin" / "ldd-fast"), "bench", "--model", "digits", "--schedule", "edm",
+                          "--nfe", "2", "--backends", "eager,cuda_graph", "--batch", "2", "--repeats", "2",
+                          "--warmup", "0", "--threads", "1", "--json", str(result)],
+                         capture_output=True, text=True, cwd=work, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    d = json.loads(result.read_text())
+    assert [r["backend"] for r in d["rows"]] == ["eager"] and d["rows"][0]["sampler_ms"]["median"] > 0
+    assert d["skipped"][0]["backend"] == "cuda_graph" and "Not measured" in run.stdout
