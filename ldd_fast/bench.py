@@ -4,8 +4,8 @@
                     batches=(1, 8, 64), threads=4).rows
 
 For every schedule x backend x batch: the sampler's time per call (median and quartiles over `repeats`
-rounds after `warmup` rounds; each round runs every backend and floor once, round-robin, so drifts of
-the machine hit all alike), the floor of the backend's execution mode (nfe x one network forward made
+rounds after `warmup` rounds; at one batch size each round runs every schedule's sampler on every backend
+and every floor once, round-robin, so drifts of the machine hit all alike), the floor of the backend's execution mode (nfe x one network forward made
 the way that backend makes it: eager for eager and triton, torch.compile'd for compile, replayed from a
 CUDA graph for cuda_graph) and the per-round ratio to it, the ratio to the eager floor, and the parity
 max|x - ref| / max|ref| against the float32 eager sampler on the same noise. onnxruntime and tensorrt
@@ -201,9 +201,12 @@ def onnx_backend(den, schedule, example_z, *, folder=None, threads=None, provide
     return runner, info
 
 
-def _runner(backend: str, den, sched, z, cond, *, solver, order, dtype, device, threads, force, options, max_batch):
-    """A callable z, cond -> sample for `backend`."""
+def _runner(backend: str, dens: dict, sched, z, cond, *, solver, order, dtype, device, threads, force, options,
+            max_batch):
+    """A callable z, cond -> sample for `backend`. dens: the model with its network in float32 ("ref", which the
+    exporter casts itself) and in the working dtype ("run", for the torch backends)."""
     kw = dict(solver=solver, order=order, force=force, **options)
+    den = dens["ref"] if backend in ("onnxruntime", "tensorrt") else dens["run"]
     if backend in ("onnxruntime", "tensorrt"):
         providers = ["CUDAExecutionProvider"] if backend == "onnxruntime" and device.type == "cuda" else None
         runner, info = onnx_backend(den, sched, z[:1], threads=threads, providers=providers, cond=None if cond is None
@@ -251,6 +254,114 @@ def _as_dict(schedules) -> dict[str, Schedule]:
     return schedules
 
 
+def _network_in(den: Denoiser, dtype: torch.dtype) -> Denoiser:
+    """den, or a copy whose network runs in `dtype` (a float16 sampler feeds its network float16 inputs; the
+    float32 reference needs float32 weights). The copy costs the network's memory once more."""
+    import copy
+
+    params = list(den.net.parameters()) if isinstance(den.net, torch.nn.Module) else []
+    if not params or all(p.dtype == dtype for p in params if p.is_floating_point()):
+        return den
+    cast = copy.deepcopy(den)
+    cast.net.to(dtype)
+    return cast
+
+
+def _fail(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+
+
+def _bench_batch(dens, schedules, runnable, batch, *, shape, dtype, device, threads, solver, order, force, options,
+                 cond_fn, seed, repeats, warmup, timer, updates_only, max_batch, skipped, dtype_name,
+                 show_progress) -> list[dict]:
+    """Every (schedule, backend) at one batch size, timed in the same interleaved rounds as the floors."""
+    gen = torch.Generator().manual_seed(seed)
+    z32 = torch.randn(batch, *shape, generator=gen).to(device)
+    z = z32.to(dtype)
+    cond = None if cond_fn is None else cond_fn(batch)
+    runners, built, floors, plans = {}, {}, {}, {}
+    for name, sched in schedules.items():
+        kw = dict(solver=solver or sched.solver or "unipc", order=order, force=force, **options)
+        reference = Sampler(dens["ref"], sched, backend="eager", dtype=torch.float32, device=device, **kw)
+        plans[name] = reference.plan
+        ref = reference(z32, cond)
+        for backend in runnable:
+            if show_progress:
+                print(f"bench: batch {batch}, {name}: building {backend}"
+                      + (" (torch.compile: its first call takes a while)" if backend == "compile" else ""),
+                      file=sys.stderr, flush=True)
+            try:
+                t0 = time.perf_counter()
+                run = _runner(backend, dens, sched, z, cond, solver=kw["solver"], order=order, dtype=dtype,
+                              device=device, threads=threads, force=force, options=options, max_batch=max_batch)
+                build_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                out = run(z, cond)
+                _sync(device)
+                first_s = time.perf_counter() - t0
+                parity = float((out.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+                mode = FLOOR_MODE[backend]
+                if mode is not None and mode not in floors:  # one forward costs the same for every schedule
+                    floor = _floor(run, z, cond, mode)
+                    floor()
+                    floors[mode] = floor
+            except Exception as e:  # noqa: BLE001 - one backend failing on this row is a result, not a crash
+                skipped.append({"backend": backend, "schedule": name, "batch": batch, "reason": _fail(e)})
+                continue
+            runners[(name, backend)] = run
+            built[(name, backend)] = {"build_s": build_s, "first_call_s": first_s, "parity": parity,
+                                      "impl": getattr(run, "update_impl", backend)}
+    if not runners:
+        return []
+    if "eager" not in floors:
+        name = next(iter(schedules))
+        try:
+            base = Sampler(dens["run"], schedules[name], backend="eager", dtype=dtype, device=device,
+                           solver=solver or schedules[name].solver or "unipc", order=order, force=force, **options)
+            floor = _floor(base, z, cond, "eager")
+            floor()
+            floors["eager"] = floor
+        except Exception as e:  # noqa: BLE001 - e.g. float16 convolutions on a CPU
+            skipped.append({"backend": "eager floor", "schedule": name, "batch": batch, "reason": _fail(e)})
+    fns = {**{("sampler", k): (lambda r=r: r(z, cond)) for k, r in runners.items()},
+           **{("floor", m): f for m, f in floors.items()}}
+    if updates_only:
+        fns.update({("updates", k): _updates_only(r, z, cond) for k, r in runners.items()
+                    if k[1] in ("eager", "triton")})
+    times = {k: [] for k in fns}
+    with torch.no_grad():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        _sync(device)
+        for _ in range(repeats):  # round-robin: drifts of the machine hit every sampler and floor alike
+            for k, fn in fns.items():
+                times[k].append(timer(fn))
+    rows = []
+    for (name, b), info in built.items():
+        plan, mode, s_t = plans[name], FLOOR_MODE[b], times[("sampler", (name, b))]
+        nfe = plan.nfe
+
+        def ratio(m):
+            if m is None or ("floor", m) not in times:
+                return None
+            return _quartiles([s / (nfe * f) for s, f in zip(s_t, times[("floor", m)])])
+
+        def floor_ms(m, stat=statistics.median):
+            return None if ratio(m) is None else 1e3 * nfe * stat(times[("floor", m)])
+        nan = {"median": float("nan"), "q1": float("nan"), "q3": float("nan")}
+        rows.append({
+            "schedule": name, "solver": f"{plan.solver}{plan.order}", "nfe": nfe, "backend": b,
+            "update_impl": info["impl"], "batch": batch, "dtype": dtype_name, "threads": threads, "device": str(device),
+            "sampler_ms": {k: (1e3 * v if k != "n" else v) for k, v in _quartiles(s_t).items()},
+            "floor_mode": mode, "floor_ms": floor_ms(mode), "floor_ms_min": floor_ms(mode, min),
+            "ratio_floor": ratio(mode), "eager_floor_ms": floor_ms("eager"), "ratio_eager_floor": ratio("eager") or nan,
+            "updates_only_ms": 1e3 * statistics.median(times[("updates", (name, b))])
+            if ("updates", (name, b)) in times else None,
+            "parity": info["parity"], "build_s": info["build_s"], "first_call_s": info["first_call_s"]})
+    return rows
+
+
 def bench(den: Denoiser, schedules, *, backends=("eager",), batches=(1,), dtype: torch.dtype | None = None,
           threads: int | None = None, device=None, solver: str | None = None, order: int | None = None,
           repeats: int = 20, warmup: int = 3, cond_fn=None, sample_shape=None, force: bool = False,
@@ -290,101 +401,18 @@ def bench(den: Denoiser, schedules, *, backends=("eager",), batches=(1,), dtype:
     env = environment(threads, device)
     settings = {"dtype": str(dtype).replace("torch.", ""), "repeats": repeats, "warmup": warmup,
                 "batches": list(batches), "backends": list(backends), "sample_shape": list(shape), "seed": seed}
+    dens = {"ref": _network_in(den, torch.float32), "run": _network_in(den, dtype)}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     timer = _timer(device)
     rows = []
     try:
-        tasks = [(name, b) for name in schedules for b in batches]
-        for name, batch in progress(tasks, desc="bench", disable=not show_progress):
-            sched = schedules[name]
-            s_solver = solver or sched.solver or "unipc"
-            gen = torch.Generator().manual_seed(seed)
-            z32 = torch.randn(batch, *shape, generator=gen).to(device)
-            z = z32.to(dtype)
-            cond = None if cond_fn is None else cond_fn(batch)
-            kw = dict(solver=s_solver, order=order, force=force, **options)
-            reference = Sampler(den, sched, backend="eager", dtype=torch.float32, device=device, **kw)
-            eager = reference if dtype == torch.float32 else None
-            ref = reference(z32, cond)
-            runners, floors, built = {}, {}, {}
-            for backend in runnable:
-                try:
-                    t0 = time.perf_counter()
-                    run = _runner(backend, den, sched, z, cond, solver=s_solver, order=order, dtype=dtype,
-                                  device=device, threads=threads, force=force, options=options, max_batch=max(batches))
-                    build_s = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    out = run(z, cond)
-                    _sync(device)
-                    first_s = time.perf_counter() - t0
-                    parity = float((out.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
-                    if eager is None and backend == "eager":
-                        eager = run
-                    mode = FLOOR_MODE[backend]
-                    if mode is not None and mode not in floors:
-                        floors[mode] = _floor(run, z, cond, mode)
-                        floors[mode]()
-                except Exception as e:  # noqa: BLE001 - one backend failing on this row is a result, not a crash
-                    skipped.append({"backend": backend, "schedule": name, "batch": batch,
-                                    "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
-                    continue
-                runners[backend] = run
-                built[backend] = {"build_s": build_s, "first_call_s": first_s, "parity": parity,
-                                  "impl": getattr(run, "update_impl", backend)}
-            if not runners:
-                continue
-            if "eager" not in floors:
-                try:
-                    base = eager if isinstance(eager, Sampler) else Sampler(den, sched, backend="eager", dtype=dtype,
-                                                                             device=device, **kw)
-                    floors["eager"] = _floor(base, z, cond, "eager")
-                    floors["eager"]()
-                except Exception as e:  # noqa: BLE001 - e.g. float16 convolutions on a CPU
-                    floors["eager"] = None
-                    skipped.append({"backend": "eager floor", "schedule": name, "batch": batch,
-                                    "reason": f"{type(e).__name__}: {str(e).splitlines()[0]}"[:300]})
-            fns = {**{("sampler", b): (lambda r=r: r(z, cond)) for b, r in runners.items()},
-                   **{("floor", m): f for m, f in floors.items() if f is not None}}
-            if updates_only:
-                fns.update({("updates", b): _updates_only(r, z, cond) for b, r in runners.items()
-                            if b in ("eager", "triton")})
-            times = {k: [] for k in fns}
-            with torch.no_grad():
-                for _ in range(warmup):
-                    for fn in fns.values():
-                        fn()
-                _sync(device)
-                for _ in range(repeats):
-                    for k, fn in fns.items():
-                        times[k].append(timer(fn))
-            nfe = reference.plan.nfe
-            for b in runners:
-                mode = FLOOR_MODE[b]
-                s_t = times[("sampler", b)]
-
-                def ratio(m):
-                    if m is None or ("floor", m) not in times:
-                        return None
-                    return _quartiles([s / (nfe * f) for s, f in zip(s_t, times[("floor", m)])])
-                rows.append({
-                    "schedule": name, "solver": f"{reference.plan.solver}{reference.plan.order}", "nfe": nfe,
-                    "backend": b, "update_impl": built[b]["impl"], "batch": batch, "dtype": settings["dtype"],
-                    "threads": threads, "device": str(device),
-                    "sampler_ms": {k: (1e3 * v if k != "n" else v) for k, v in _quartiles(s_t).items()},
-                    "floor_mode": mode,
-                    "floor_ms": None if ratio(mode) is None else 1e3 * nfe * statistics.median(times[("floor", mode)]),
-                    "floor_ms_min": None if ratio(mode) is None else 1e3 * nfe * min(times[("floor", mode)]),
-                    "ratio_floor": ratio(mode),
-                    "eager_floor_ms": None if ratio("eager") is None
-                    else 1e3 * nfe * statistics.median(times[("floor", "eager")]),
-                    "ratio_eager_floor": ratio("eager") or {"median": float("nan"), "q1": float("nan"),
-                                                            "q3": float("nan")},
-                    "updates_only_ms": 1e3 * statistics.median(times[("updates", b)]) if ("updates", b) in times
-                    else None,
-                    "parity": built[b]["parity"], "build_s": built[b]["build_s"],
-                    "first_call_s": built[b]["first_call_s"]})
-            del runners, floors, fns
+        for batch in progress(batches, desc="bench", disable=not show_progress):
+            rows += _bench_batch(dens, schedules, runnable, batch, shape=shape, dtype=dtype, device=device,
+                                 threads=threads, solver=solver, order=order, force=force, options=options,
+                                 cond_fn=cond_fn, seed=seed, repeats=repeats, warmup=warmup, timer=timer,
+                                 updates_only=updates_only, max_batch=max(batches), skipped=skipped,
+                                 dtype_name=settings["dtype"], show_progress=show_progress)
     finally:
         torch.set_num_threads(previous)
     return BenchResult(rows, skipped, env, settings)

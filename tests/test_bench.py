@@ -84,6 +84,7 @@ def test_bench_fp16_on_a_cpu_is_measured_or_explained():
         assert res.rows[0]["dtype"] == "float16" and res.rows[0]["parity"] < 1e-2
     else:
         assert res.skipped and "eager" in res.skipped[0]["backend"] and res.skipped[0]["reason"]
+    assert all(p.dtype == torch.float32 for p in den.parameters()), "the user's model is not cast"
 
 
 def test_bench_refuses_bad_input():
