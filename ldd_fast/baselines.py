@@ -211,7 +211,8 @@ def dmn(noise: NoiseSchedule, nfe: int, *, solver: str = "unipc", order: int | N
 
     def nodes():
         u = torch.cumsum(torch.softmax(xi, 0), 0)[:-1]
-        return torch.cat([torch.tensor([l_hi], dtype=DTYPE), l_hi + u * (l_lo - l_hi), torch.tensor([l_lo], dtype=DTYPE)])
+        ends = torch.tensor([l_hi, l_lo], dtype=DTYPE)
+        return torch.cat([ends[:1], l_hi + u * (l_lo - l_hi), ends[1:]])
 
     opt = torch.optim.Adam([xi], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters)

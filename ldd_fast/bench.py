@@ -4,10 +4,11 @@
                     batches=(1, 8, 64), threads=4).rows
 
 For every schedule x backend x batch: the sampler's time per call (median and quartiles over `repeats`
-rounds after `warmup` rounds; at one batch size each round runs every schedule's sampler on every backend
-and every floor once, round-robin, so drifts of the machine hit all alike), the floor of the backend's execution mode (nfe x one network forward made
-the way that backend makes it: eager for eager and triton, torch.compile'd for compile, replayed from a
-CUDA graph for cuda_graph) and the per-round ratio to it, the ratio to the eager floor, and the parity
+rounds after `warmup` rounds; at one batch size each round runs every schedule's sampler on every
+backend and every floor once, round-robin, so drifts of the machine hit all alike), the floor of the
+backend's execution mode (nfe x one network forward made the way that backend makes it: eager for
+eager and triton, torch.compile'd for compile, replayed from a CUDA graph for cuda_graph) and the
+per-round ratio to it, the ratio to the eager floor, and the parity
 max|x - ref| / max|ref| against the float32 eager sampler on the same noise. onnxruntime and tensorrt
 run the exported graph of the whole sampler (network included), so only the eager floor applies to them.
 
@@ -118,8 +119,8 @@ class BenchResult:
         for r in self.rows:
             ms = r["sampler_ms"]
             floor = "-" if r["floor_ms"] is None else f"{r['floor_ms']:.3f}"
-            ratio = "-" if r["ratio_floor"] is None else (f"{r['ratio_floor']['median']:.3f} "
-                                                           f"[{r['ratio_floor']['q1']:.3f}, {r['ratio_floor']['q3']:.3f}]")
+            rf = r["ratio_floor"]
+            ratio = "-" if rf is None else f"{rf['median']:.3f} [{rf['q1']:.3f}, {rf['q3']:.3f}]"
             lines.append(f"| {r['schedule']} | {r['solver']} | {r['nfe']} | {r['backend']} | {r['batch']} | "
                          f"{ms['median']:.3f} [{ms['q1']:.3f}, {ms['q3']:.3f}] | {floor} | {ratio} | "
                          f"{r['ratio_eager_floor']['median']:.3f} | {r['parity']:.1e} | {r['first_call_s']:.2f} |")

@@ -38,7 +38,8 @@ def run(out: str = "ldd_fast_out", quick: bool = False, device=None, threads: in
     n = 64 if quick else FD_SAMPLES
     z = noise_for(n, den.sample_shape, HELDOUT_SEED).to(device)
     print(f"ldd-fast demo: built-in model 'digits' ({sum(p.numel() for p in den.parameters()) / 1e6:.2f} M "
-          f"parameters, EDM, 8x8 digits); {n} held-out seeds, {torch.get_num_threads()} thread(s), {device}", flush=True)
+          f"parameters, EDM, 8x8 digits); {n} held-out seeds, {torch.get_num_threads()} thread(s), {device}",
+          flush=True)
     _stage(t_start, "the reference teacher (UniPC-3, 100 steps) on the held-out seeds")
     with torch.no_grad():
         teacher = sample(den, z, discretize(den.noise, 20 if quick else 100, "edm"), solver="unipc")
@@ -119,19 +120,19 @@ def backend_lines(den, sched, quick, device, t_start) -> list[str]:
     """Time the sampler backends that run on this machine against nfe x one network forward (lf.bench)."""
     from .bench import bench
 
-    backends = ("eager", "triton", "cuda_graph", "onnxruntime") + (() if quick else ("compile",))
-    _stage(t_start, f"timing the backends {', '.join(backends)}"
-           + ("" if quick else " (compile's first call takes about a minute on a CPU)"))
+    backends = ("eager", "triton", "cuda_graph", "onnxruntime")
+    _stage(t_start, f"timing the backends {', '.join(backends)}")
     res = bench(den, {"ld3": sched}, backends=backends, batches=(8 if quick else 64,), device=device,
                 threads=torch.get_num_threads(), repeats=3 if quick else 10, warmup=1, show_progress=False)
     out = [f"- network floor ({sched.nfe} x one forward, batch {res.rows[0]['batch']}): "
            f"{res.rows[0]['eager_floor_ms']:.1f} ms"] if res.rows else []
     for r in res.rows:
-        name = "onnxruntime (one exported graph)" if r["backend"] == "onnxruntime" else f"lf.Sampler backend={r['backend']}"
+        name = ("onnxruntime (one exported graph)" if r["backend"] == "onnxruntime"
+                else f"lf.Sampler backend={r['backend']}")
         out.append(f"- {name}: {r['ratio_eager_floor']['median']:.3f} x floor (parity {r['parity']:.1e})")
     out += [f"- {k['backend']}: not on this machine ({k['reason']})" for k in res.skipped]
-    if quick:
-        out.append("- lf.Sampler backend=compile: skipped in --quick (compiling takes a minute)")
+    out.append("- lf.Sampler backend=compile: not timed here (its first call compiles for about two minutes on a "
+               "CPU): `ldd-fast bench --backends eager,compile`")
     return out
 
 
@@ -148,11 +149,12 @@ def planner_lines(den, quick, device, out, t_start) -> list[str]:
     for calls in (3, 8):
         budget = round(calls * call_ms, 1)
         _stage(t_start, f"planner: budget {budget:g} ms at batch {batch} (about {calls} eager network calls here)")
-        res = plan_sampler(den, budget_ms=budget, batch=batch, max_nfe=10, backends=("eager", "onnxruntime"),
-                           n_select=32 if quick else 64, n_eval=32 if quick else 128,
-                           teacher_steps=20 if quick else 50, repeats=3 if quick else 10, device=device,
-                           threads=torch.get_num_threads(), out=os.path.join(out, f"budget_{calls}calls"),
-                           show_progress=False)
+        small = dict(max_nfe=4, candidates=(("euler", 1), ("dpmpp", 2), ("unipc", 3)), n_select=16, n_eval=16,
+                     teacher_steps=12, repeats=2) if quick else dict(max_nfe=10, n_select=64, n_eval=128,
+                                                                     teacher_steps=50, repeats=10)
+        res = plan_sampler(den, budget_ms=budget, batch=batch, backends=("eager", "onnxruntime"), **small,
+                           device=device, threads=torch.get_num_threads(),
+                           out=os.path.join(out, f"budget_{calls}calls"), show_progress=False)
         b = res.best
         lines.append(f"- budget {budget:g} ms: {b['solver']} NFE {b['nfe']}, {b['schedule']} schedule, {b['backend']}: "
                      f"held-out RMSE {b['rmse']:.4f}, predicted {b['predicted_ms']:.1f} ms, measured "

@@ -176,7 +176,8 @@ def plan_sampler(den: Denoiser, *, budget_ms: float, batch: int = 1, max_nfe: in
     if latency is not None:
         if not (isinstance(latency, dict) and latency and all(
                 isinstance(m, dict) and {"overhead_ms", "per_call_ms"} <= set(m) for m in latency.values())):
-            raise ValueError("latency: a latency model {backend: {'overhead_ms', 'per_call_ms'}} (result.latency_model)")
+            raise ValueError("latency: a latency model {backend: {'overhead_ms', 'per_call_ms'}} "
+                             "(result.latency_model)")
         model, skipped = {b: m for b, m in latency.items() if b in backends}, []
     else:
         model, skipped = latency_model(den, backends=backends, batch=batch, device=device, threads=threads,
@@ -188,8 +189,8 @@ def plan_sampler(den: Denoiser, *, budget_ms: float, batch: int = 1, max_nfe: in
     if not fits:
         fastest = min(_predict(model, 1)[1], _predict(model, 2)[1])
         raise ValueError(f"no sampler fits {budget_ms:g} ms at batch {batch} here: one network call alone is predicted "
-                         f"at {fastest:.2f} ms (latency model: {json.dumps({k: round(v['per_call_ms'], 3) for k, v in model.items()})} "
-                         f"ms per call)")
+                         f"at {fastest:.2f} ms (per-call ms by backend: "
+                         f"{json.dumps({k: round(v['per_call_ms'], 3) for k, v in model.items()})})")
 
     spec = TeacherSpec.default_for(den.noise)
     spec = TeacherSpec(solver=spec.solver, order=spec.order, nfe=teacher_steps, kind=spec.kind,

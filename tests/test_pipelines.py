@@ -186,3 +186,23 @@ def test_cli_learns_from_a_pipeline_folder(tmp_path, capsys):
                  "--nfe", "2", "--out", str(tmp_path / "t.json")])
     assert code == 2 and "model_index.json" in capsys.readouterr().err
     assert not np.any([f.endswith(".tmp") for f in os.listdir(tmp_path)])
+
+
+def test_cli_benches_a_pipeline_folder(tmp_path, capsys):
+    """`ldd-fast bench --pipeline`: a guided Stable Diffusion pipeline (the doubled [x, x] batch), one prompt."""
+    import json
+
+    from ldd_fast.cli import main
+
+    pipe = tp.build("sd")
+    pipe.save_pretrained(tmp_path / "sd")
+    js = tmp_path / "b.json"
+    code = main(["bench", "--pipeline", str(tmp_path / "sd"), "--height", "16", "--width", "16", "--schedule", "edm",
+                 "--nfe", "2", "--backends", "eager,cuda_graph", "--batch", "2", "--repeats", "2", "--warmup", "0",
+                 "--threads", "1", "--json", str(js)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    d = json.loads(js.read_text())
+    (row,) = d["rows"]
+    assert row["backend"] == "eager" and row["parity"] == 0.0 and row["eager_floor_ms"] > 0
+    assert d["skipped"][0]["backend"] == "cuda_graph"
