@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import statistics
-import sys
 import time
 
 import torch
@@ -20,37 +17,11 @@ def pin_threads(n: int | None) -> int:
     return n
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(threads: int) -> dict:
-    env = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "device": "cpu",
-    }
-    if torch.cuda.is_available():
-        env["device"] = torch.cuda.get_device_name()
-        env["cuda"] = torch.version.cuda
-    for mod in ("triton", "onnxruntime", "diffusers"):
-        try:
-            env[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - optional packages: absent or broken, just not recorded
-            pass
-    return env
+    """Hardware and versions (ldd_fast.bench.environment: the record every lf.bench result carries)."""
+    from ldd_fast.bench import environment as record
+
+    return record(threads, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def sync():
@@ -75,9 +46,9 @@ def interleaved_times(fns: dict, repeats: int, warmup: int = 2) -> dict[str, lis
 
 
 def summary(xs: list[float]) -> dict:
-    xs = sorted(xs)
-    q = statistics.quantiles(xs, n=4) if len(xs) >= 4 else [xs[0], statistics.median(xs), xs[-1]]
-    return {"median": statistics.median(xs), "q1": q[0], "q3": q[2], "min": xs[0], "n": len(xs)}
+    from ldd_fast.bench import quartiles
+
+    return quartiles(xs)
 
 
 def write_results(name: str, payload: dict, markdown: str) -> tuple[str, str]:

@@ -131,7 +131,8 @@ class BenchResult:
         return "\n".join(lines) + "\n"
 
 
-def _quartiles(xs: list[float]) -> dict:
+def quartiles(xs: list[float]) -> dict:
+    """median, q1, q3, min and n of a list of timings."""
     xs = sorted(xs)
     q = statistics.quantiles(xs, n=4) if len(xs) >= 4 else [xs[0], statistics.median(xs), xs[-1]]
     return {"median": statistics.median(xs), "q1": q[0], "q3": q[2], "min": xs[0], "n": len(xs)}
@@ -346,7 +347,7 @@ def _bench_batch(dens, schedules, runnable, batch, *, shape, dtype, device, thre
         def ratio(m):
             if m is None or ("floor", m) not in times:
                 return None
-            return _quartiles([s / (nfe * f) for s, f in zip(s_t, times[("floor", m)])])
+            return quartiles([s / (nfe * f) for s, f in zip(s_t, times[("floor", m)])])
 
         def floor_ms(m, stat=statistics.median):
             return None if ratio(m) is None else 1e3 * nfe * stat(times[("floor", m)])
@@ -354,7 +355,7 @@ def _bench_batch(dens, schedules, runnable, batch, *, shape, dtype, device, thre
         rows.append({
             "schedule": name, "solver": f"{plan.solver}{plan.order}", "nfe": nfe, "backend": b,
             "update_impl": info["impl"], "batch": batch, "dtype": dtype_name, "threads": threads, "device": str(device),
-            "sampler_ms": {k: (1e3 * v if k != "n" else v) for k, v in _quartiles(s_t).items()},
+            "sampler_ms": {k: (1e3 * v if k != "n" else v) for k, v in quartiles(s_t).items()},
             "floor_mode": mode, "floor_ms": floor_ms(mode), "floor_ms_min": floor_ms(mode, min),
             "ratio_floor": ratio(mode), "eager_floor_ms": floor_ms("eager"), "ratio_eager_floor": ratio("eager") or nan,
             "updates_only_ms": 1e3 * statistics.median(times[("updates", (name, b))])

@@ -333,11 +333,18 @@ def _validate_plan(args) -> None:
         raise CLIError("--fd uses the digits feature network: only with the built-in models")
 
 
+BENCH_OUTPUTS = {"json": ".json", "md": ".md", "plot": ".png"}  # bench's output flags and their file types
+
+
+def _bench_outputs(args):
+    """(flag, path, suffix) of each bench output asked for."""
+    return [(f"--{k}", getattr(args, k), suffix) for k, suffix in BENCH_OUTPUTS.items() if getattr(args, k)]
+
+
 def _validate_bench(args) -> None:
-    for flag, path in (("--json", args.json), ("--md", args.md), ("--plot", args.plot)):
-        if path is not None and not path.endswith({"--json": ".json", "--md": ".md", "--plot": ".png"}[flag]):
-            raise CLIError(f"{flag} {path}: expected a {({'--json': '.json', '--md': '.md', '--plot': '.png'})[flag]} "
-                           f"file")
+    for flag, path, suffix in _bench_outputs(args):
+        if not path.endswith(suffix):
+            raise CLIError(f"{flag} {path}: expected a {suffix} file")
     if args.pipeline is None:
         given = [f"--{k.replace('_', '-')}" for k in ("height", "width", "max_sequence_length")
                  if getattr(args, k) is not None]
@@ -700,9 +707,8 @@ def cmd_bench(args) -> int:
     from .bench import bench
     from .cond import map_cond
 
-    for flag, path in (("--json", args.json), ("--md", args.md), ("--plot", args.plot)):
-        if path is not None:
-            check_output_path(path, flag)
+    for flag, path, _ in _bench_outputs(args):
+        check_output_path(path, flag)
     device = setup_compute(args)
     cond_fn = None
     if args.pipeline:
