@@ -1,7 +1,9 @@
 """ldd-fast: learned low-NFE diffusion sampling, fused and exported.
 
 `kernels/` and `export/` install as `ldd_fast.kernels` and `ldd_fast.export`
-(package_dir), so no generic top-level module names are installed.
+(package_dir), so no generic top-level module names are installed. The folders have no
+`__init__.py` (at the repository root they would shadow installed packages such as
+transformers' `kernels`); the packages' faces are ldd_fast/kernels.py and ldd_fast/export.py.
 """
 import os
 import re

@@ -40,7 +40,7 @@ def small():
 
 
 def mixture():
-    """An exact Gaussian-mixture denoiser: a network that costs almost nothing (`--model tests.test_bench:mixture`)."""
+    """An exact Gaussian-mixture denoiser: a network that costs almost nothing (`--model test_bench:mixture`)."""
     from test_cli import tiny_model
 
     return tiny_model()
@@ -170,7 +170,7 @@ def test_cli_bench_and_plan(tmp_path, capsys):
     from ldd_fast.cli import main
 
     js, md = tmp_path / "b.json", tmp_path / "b.md"
-    code = main(["bench", "--model", "tests.test_bench:small", "--schedule", "edm", "logsnr", "--nfe", "2",
+    code = main(["bench", "--model", "test_bench:small", "--schedule", "edm", "logsnr", "--nfe", "2",
                  "--backends", "eager,cuda_graph", "--batch", "1", "2", "--repeats", "2", "--warmup", "0", "--threads",
                  "1", "--json", str(js), "--md", str(md)])
     out = capsys.readouterr()
@@ -180,7 +180,7 @@ def test_cli_bench_and_plan(tmp_path, capsys):
     assert "Not measured" in md.read_text() and "| eager |" in out.out
     code = main(["bench", "--backends", "eager,warp"])
     assert code == 2 and "unknown backend" in capsys.readouterr().err
-    code = main(["plan", "--model", "tests.test_bench:mixture", "--budget-ms", "10000", "--batch", "2", "--max-nfe",
+    code = main(["plan", "--model", "test_bench:mixture", "--budget-ms", "10000", "--batch", "2", "--max-nfe",
                  "2", "--solvers", "euler1", "--backends", "eager", "--n-select", "4", "--n-eval", "4",
                  "--teacher-steps", "6", "--repeats", "2", "--threads", "1", "--out", str(tmp_path / "plan")])
     out = capsys.readouterr()

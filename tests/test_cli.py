@@ -42,11 +42,11 @@ def test_sample_writes_a_grid(tmp_path, capsys):
 
 def test_learn_then_sample_with_the_learned_schedule(tmp_path, capsys):
     sched = tmp_path / "s.json"
-    code, out, err = run(capsys, "learn", "--model", "tests.test_cli:tiny_model", "--solver", "dpmpp", "--order", "2",
+    code, out, err = run(capsys, "learn", "--model", "test_cli:tiny_model", "--solver", "dpmpp", "--order", "2",
                          "--nfe", "3", "--out", str(sched), "--n-train", "2", "--n-valid", "2", "--teacher-nfe", "6")
     assert code == 0, err
     assert json.loads(sched.read_text())["origin"] == "ld3"
-    code, out, err = run(capsys, "sample", "--model", "tests.test_cli:tiny_model", "--schedule", str(sched),
+    code, out, err = run(capsys, "sample", "--model", "test_cli:tiny_model", "--schedule", str(sched),
                          "-n", "2", "--out", str(tmp_path / "x.pt"))
     assert code == 0, err
     assert torch.load(tmp_path / "x.pt").shape == (2, 1, 4, 4)
@@ -58,17 +58,17 @@ def test_learn_then_sample_with_the_learned_schedule(tmp_path, capsys):
 
 def test_learn_coefficients_writes_a_learned_solver(tmp_path, capsys):
     sched = tmp_path / "s.json"
-    code, out, err = run(capsys, "learn", "--model", "tests.test_cli:tiny_model", "--solver", "unipc", "--nfe", "3",
+    code, out, err = run(capsys, "learn", "--model", "test_cli:tiny_model", "--solver", "unipc", "--nfe", "3",
                          "--out", str(sched), "--n-train", "2", "--n-valid", "2", "--teacher-nfe", "6",
                          "--coefficients")
     assert code == 0, err
     d = json.loads(sched.read_text())
     assert d["format_version"] == 2 and d["origin"] == "ld3+coefficients" and d["coefficient_form"] == "exact"
     assert "LD3's times alone" in out
-    code, out, err = run(capsys, "sample", "--model", "tests.test_cli:tiny_model", "--schedule", str(sched),
+    code, out, err = run(capsys, "sample", "--model", "test_cli:tiny_model", "--schedule", str(sched),
                          "-n", "2", "--out", str(tmp_path / "x.pt"))
     assert code == 0, err
-    code, out, err = run(capsys, "sample", "--model", "tests.test_cli:tiny_model", "--schedule", str(sched),
+    code, out, err = run(capsys, "sample", "--model", "test_cli:tiny_model", "--schedule", str(sched),
                          "--order", "2", "-n", "2", "--out", str(tmp_path / "y.pt"), "--force")
     assert code == 2 and "even with force" in err and len(err.strip().splitlines()) == 1
 

@@ -46,10 +46,15 @@ def test_wheel_in_a_venv_runs_a_bench_outside_the_checkout(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     work = tmp_path / "elsewhere"
     work.mkdir()
-    where = subprocess.run([str(py), "-c", "import ldd_fast, ldd_fast.bench; print(ldd_fast.__file__)"],
-                           capture_output=True, text=True, cwd=work, env=env)
+    # kernels/ and export/ have no __init__.py (they must not shadow installed namesakes at the repository
+    # root): the wheel still installs them as ldd_fast.kernels / ldd_fast.export behind their face modules.
+    probe = ("import ldd_fast, ldd_fast.bench, ldd_fast.export.onnx_export as o, ldd_fast.kernels.update_kernel as k\n"
+             "from ldd_fast.export import to_onnx, OnnxSampler\nfrom ldd_fast.kernels import fused_update\n"
+             "print(ldd_fast.__file__, o.__file__, k.__file__)")
+    where = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, cwd=work, env=env)
     assert where.returncode == 0, where.stderr[-2000:]
-    assert where.stdout.strip().startswith(str(env_dir)), where.stdout
+    files = where.stdout.split()
+    assert len(files) == 3 and all(f.startswith(str(env_dir)) for f in files), where.stdout
     result = work / "bench.json"
     run = subprocess.run([str(env_dir / "bin" / "ldd-fast"), "bench", "--model", "digits", "--schedule", "edm",
                           "--nfe", "2", "--backends", "eager,cuda_graph", "--batch", "2", "--repeats", "2",
