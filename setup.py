@@ -34,7 +34,7 @@ setup(
     description="Learned time discretisations (LD3) and compiled low-NFE samplers for diffusion models",
     python_requires=">=3.10",
     packages=[
-        "ldd_fast", "ldd_fast.solvers", "ldd_fast.zoo",
+        "ldd_fast", "ldd_fast.cli", "ldd_fast.solvers", "ldd_fast.zoo",
         "ldd_fast.kernels", "ldd_fast.export",
     ],
     package_dir={"ldd_fast.kernels": "kernels", "ldd_fast.export": "export"},

@@ -3,12 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-from ldd_fast.errors import LddFastError
-
-
-class MissingDependency(LddFastError, ImportError):
-    """An optional package that this feature needs is not installed (the message says how to get it)."""
-
+from ldd_fast.errors import MissingDependency  # defined with the other errors; imported from here too
 
 _HINTS = {
     "onnx": "pip install 'ldd-fast[export]'  (onnx, onnxscript, onnxruntime)",

@@ -41,8 +41,9 @@ import torch
 from ldd_fast._version import __version__
 from ldd_fast.cond import digest, leaves, map_cond, names as cond_input_names, structure
 from ldd_fast.denoiser import Denoiser, check_state
-from ldd_fast.errors import LddFastError
+from ldd_fast.errors import InvalidArgument, InvalidArgumentType, LddFastError, boolean, string
 from ldd_fast.io import check_output_path, locked_temp
+from ldd_fast.sample import plan_for, sampler_options
 
 from ._deps import require
 from .unroll import STATE_DTYPE, schedule_tensors, structure_of, table_shape, unroll
@@ -101,7 +102,7 @@ def _resolve(den_or_sampler, solver, order, options):
     den = getattr(den_or_sampler, "den", None)
     plan = getattr(den_or_sampler, "plan", None)
     if not isinstance(den, Denoiser) or plan is None:
-        raise TypeError(f"expected an lf.Denoiser or an lf.Sampler, got {type(den_or_sampler).__name__}")
+        raise InvalidArgumentType(f"expected an lf.Denoiser or an lf.Sampler, got {type(den_or_sampler).__name__}")
     solver = solver or plan.solver
     order = order or plan.order
     for key in ("lower_order_final", "variant"):
@@ -537,19 +538,29 @@ def to_onnx(den_or_sampler, schedule, path, example_z: torch.Tensor, *, solver: 
         options: lower_order_final, variant, final (as for lf.sample).
     """
     den, solver, order, options = _resolve(den_or_sampler, solver, order, options)
-    path = check_output_path(path, "ONNX")
+    options = sampler_options(options)
+    # Every argument before a file is touched or the exporter imported.
+    if not isinstance(example_z, torch.Tensor):
+        raise InvalidArgumentType(f"example_z must be a tensor of noise [B, ...], got {type(example_z).__name__}")
     check_state(example_z)
+    string(method, "method")
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise InvalidArgument(f"method must be one of {METHODS}, got {method!r}")
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET):
-        raise ValueError(f"opset must be an int >= {MIN_OPSET} (torch's ONNX exporter), got {opset!r}")
+        error = InvalidArgument if isinstance(opset, int) and not isinstance(opset, bool) else InvalidArgumentType
+        raise error(f"opset must be an int >= {MIN_OPSET} (torch's ONNX exporter), got {opset!r:.40}")
     if not isinstance(dynamic_batch, bool):
-        raise TypeError(f"dynamic_batch must be a bool, got {type(dynamic_batch).__name__}")
+        raise InvalidArgumentType(f"dynamic_batch must be a bool, got {type(dynamic_batch).__name__}")
+    boolean(schedule_as_input, "schedule_as_input")
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise InvalidArgumentType(f"dtype must be a torch dtype or None, got {type(dtype).__name__}")
     if cond is not None:
         den.check_cond(cond, example_z.shape[0])
+    plan_for(den, schedule, solver=solver, order=order, force=force, **options)
+    path = check_output_path(path, "ONNX")
     if den.guidance_scale != 1.0 and cond is None:
-        raise ValueError(f"the Denoiser guides (guidance_scale={den.guidance_scale}): pass an example cond "
-                         f"(one condition per sample) so that the graph gets a `cond` input")
+        raise InvalidArgument(f"the Denoiser guides (guidance_scale={den.guidance_scale}): pass an example cond "
+                              f"(one condition per sample) so that the graph gets a `cond` input")
     require("onnx", "ONNX export")
     fingerprint = den.fingerprint()
     cond_spec = "tensor" if cond is None else structure(cond)

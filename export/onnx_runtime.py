@@ -6,18 +6,16 @@ the CUDA provider and torch CUDA tensors, inputs and output are bound to device 
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
 from ldd_fast.cond import leaves, structure
 from ldd_fast.denoiser import check_condition
-from ldd_fast.errors import ConditionError
+from ldd_fast.errors import ConditionError, InvalidArgument, InvalidArgumentType, boolean, path_like
 from ldd_fast.sample import check_finite as check_finite_tensor
 
 from ._deps import require
-from .onnx_export import read_metadata, verify_data_file
+from .onnx_export import ExportError, read_metadata, verify_data_file
 from .unroll import schedule_tensors, structure_hash
 
 _NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
@@ -45,30 +43,42 @@ class OnnxSampler:
             ConditionError); off by default, like lf.Sampler's. Class labels are always checked
             against the exported model's label range (ConditionError), as every executor does.
 
-    z may be a torch tensor (the result is a torch tensor on z's device) or a numpy array.
+    z may be a torch tensor (the result is a torch tensor on z's device) or a numpy array, of a floating
+    dtype: it is cast to the graph's float32 state and the sample is float32 (the graph's dtype is
+    that of its network; its registers are float32). An integer or complex z is refused
+    (InvalidArgumentType), never converted.
     Graphs exported with schedule_as_input start with the exported schedule's tables;
     `set_schedule(den, schedule)` swaps in another schedule of the same structure.
     """
 
     def __init__(self, path, providers: list | None = None, *, threads: int | None = None,
                  session_options=None, verify: bool = False, check_finite: bool = False):
+        path = path_like(path, "path")
+        if providers is not None and (not isinstance(providers, (list, tuple)) or not all(
+                isinstance(p, (str, tuple)) for p in providers)):
+            raise InvalidArgumentType(f"providers must be a list of onnxruntime provider names, got {providers!r:.60}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            wrong_type = isinstance(threads, bool) or not isinstance(threads, int)
+            raise (InvalidArgumentType if wrong_type else InvalidArgument)(
+                f"threads must be a positive int, got {threads!r:.40}")
+        boolean(verify, "verify")
+        self.check_finite = boolean(check_finite, "check_finite")
         ort = require("onnxruntime", "OnnxSampler")
-        path = os.fspath(path)
+        if session_options is not None and not isinstance(session_options, ort.SessionOptions):
+            raise InvalidArgumentType(f"session_options must be an onnxruntime.SessionOptions, got "
+                                      f"{type(session_options).__name__}")
         self.metadata = read_metadata(path)
         verify_data_file(path, self.metadata, full=verify)
-        self.check_finite = bool(check_finite)
         self.path = path
         opts = session_options if session_options is not None else ort.SessionOptions()
         if threads is not None:
-            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-                raise ValueError(f"threads must be a positive int, got {threads!r}")
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         providers = default_providers() if providers is None else list(providers)
         try:
             self.session = ort.InferenceSession(path, opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise RuntimeError(f"onnxruntime could not load {path} with providers {providers}: {e}") from e
+            raise ExportError(f"onnxruntime could not load {path} with providers {providers}: {e}") from e
         self.providers = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.conditional = bool(self.metadata["conditional"])
@@ -99,8 +109,8 @@ class OnnxSampler:
 
         m = self.metadata
         if not m["schedule_as_input"]:
-            raise ValueError(f"{self.path} was exported with the schedule baked in; export with "
-                             f"schedule_as_input=True to swap schedules without re-exporting")
+            raise InvalidArgument(f"{self.path} was exported with the schedule baked in; export with "
+                                  f"schedule_as_input=True to swap schedules without re-exporting")
         if not force and den.fingerprint() != m["fingerprint"]:
             raise IncompatibleSchedule(f"the Denoiser is not the model {self.path} was exported from "
                                           f"(fingerprint {den.fingerprint()[:12]}... vs {m['fingerprint'][:12]}...)")
@@ -109,22 +119,31 @@ class OnnxSampler:
         plan = plan_for(den, schedule, solver=m["solver"], order=m["order"], force=force, **opts)
         folded = fold(plan, den, guided=m["conditional"] and den.guidance_scale != 1.0)
         if structure_hash(folded) != m["structure_hash"]:
-            raise ValueError(f"the new schedule's plan has another structure than the exported graph ({plan.solver}"
-                             f"{plan.order}, nfe {plan.nfe}, options {plan.options} vs {m['solver']}{m['order']}, "
-                             f"nfe {m['nfe']}, options {m['options']}): re-export")
+            raise InvalidArgument("the new schedule's plan has another structure than the exported graph "
+                                  f"({plan.solver}"
+                                  f"{plan.order}, nfe {plan.nfe}, options {plan.options} vs {m['solver']}{m['order']}, "
+                                  f"nfe {m['nfe']}, options {m['options']}): re-export")
         self._tables = {k: v.numpy() for k, v in schedule_tensors(folded).items()}
 
     def _check(self, z, cond):
+        if not isinstance(z, (torch.Tensor, np.ndarray)):
+            raise InvalidArgumentType(f"z must be a torch tensor or a numpy array, got {type(z).__name__}")
+        floating = z.is_floating_point() if isinstance(z, torch.Tensor) else np.issubdtype(z.dtype, np.floating)
+        if not floating:
+            # An integer z would be converted and a complex one lose its imaginary part: neither is noise.
+            raise InvalidArgumentType(f"z has dtype {z.dtype}: the exported sampler takes floating-point noise "
+                                      f"(float32, or float16 / float64, which it casts to its float32 state)")
         shape = tuple(z.shape)
         if len(shape) != len(self.sample_shape) + 1 or shape[1:] != self.sample_shape:
-            raise ValueError(f"z must have shape [B, {', '.join(map(str, self.sample_shape))}], got {list(shape)}")
+            raise InvalidArgument(f"z must have shape [B, {', '.join(map(str, self.sample_shape))}], got {list(shape)}")
         if not self.metadata["dynamic_batch"] and shape[0] != self.session.get_inputs()[0].shape[0]:
-            raise ValueError(f"this graph was exported with a fixed batch of {self.session.get_inputs()[0].shape[0]}, "
-                             f"got {shape[0]}")
+            raise InvalidArgument("this graph was exported with a fixed batch of "
+                                  f"{self.session.get_inputs()[0].shape[0]}, "
+                                  f"got {shape[0]}")
         if self.conditional and cond is None:
-            raise ValueError("this sampler was exported with a condition input: pass cond (one per sample)")
+            raise InvalidArgument("this sampler was exported with a condition input: pass cond (one per sample)")
         if not self.conditional and cond is not None:
-            raise ValueError("this sampler was exported without a condition input; cond must be None")
+            raise InvalidArgument("this sampler was exported without a condition input; cond must be None")
         if cond is not None:
             c = _as_cond(cond)
             if structure(c) != self._cond_spec:
@@ -196,6 +215,6 @@ def _to_numpy(x, dtype):
     x = np.asarray(x)
     if dtype is not None and x.dtype != dtype:
         if np.issubdtype(dtype, np.integer) and not np.issubdtype(x.dtype, np.integer):
-            raise TypeError(f"cond must hold integers for this graph, got dtype {x.dtype}")
+            raise InvalidArgumentType(f"cond must hold integers for this graph, got dtype {x.dtype}")
         x = x.astype(dtype)
     return np.ascontiguousarray(x)

@@ -25,10 +25,10 @@ import os
 
 import torch
 
-from ldd_fast.errors import LddFastError
 from ldd_fast.cond import is_cond, leaves, structure
 from ldd_fast.denoiser import check_condition
-from ldd_fast.errors import ConditionError
+from ldd_fast.errors import (ConditionError, InvalidArgument, InvalidArgumentType, LddFastError, boolean, device_of,
+                             path_like)
 from ldd_fast.io import atomic_write_bytes, atomic_write_text, check_output_path, read_json
 from ldd_fast.sample import check_finite
 
@@ -76,12 +76,13 @@ def precision_settings(major: int, graph_dtype: str, *, fp16: bool, strongly_typ
 def _check_batches(min_batch, opt_batch, max_batch, meta) -> tuple[int, int, int]:
     vals = (min_batch, opt_batch, max_batch)
     if any(isinstance(v, bool) or not isinstance(v, int) for v in vals):
-        raise TypeError(f"min_batch, opt_batch and max_batch must be ints, got {vals}")
+        raise InvalidArgumentType(f"min_batch, opt_batch and max_batch must be ints, got {vals}")
     if not 1 <= min_batch <= opt_batch <= max_batch:
-        raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch}, {opt_batch}, {max_batch}")
+        raise InvalidArgument(f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch}, {opt_batch}, "
+                              f"{max_batch}")
     if not meta.get("dynamic_batch", True) and min_batch != max_batch:
-        raise ValueError("the graph was exported with a fixed batch (dynamic_batch=False): min_batch, opt_batch "
-                         "and max_batch must all equal it")
+        raise InvalidArgument("the graph was exported with a fixed batch (dynamic_batch=False): min_batch, opt_batch "
+                              "and max_batch must all equal it")
     return vals
 
 
@@ -102,7 +103,18 @@ def build_tensorrt(onnx_path, engine_path, *, min_batch: int, opt_batch: int, ma
         refittable: build with BuilderFlag.REFIT (weights can be refitted without a rebuild).
     Returns the engine path.
     """
-    onnx_path = os.fspath(onnx_path)
+    # Every argument's type before a file is read or TensorRT imported.
+    onnx_path = path_like(onnx_path, "onnx_path")
+    path_like(engine_path, "engine_path")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (min_batch, opt_batch, max_batch)):
+        raise InvalidArgumentType(f"min_batch, opt_batch and max_batch must be ints, got "
+                                  f"{(min_batch, opt_batch, max_batch)!r:.80}")
+    for name, v in (("fp16", fp16), ("strongly_typed", strongly_typed), ("refittable", refittable)):
+        boolean(v, name)
+    if workspace is not None and (isinstance(workspace, bool) or not isinstance(workspace, int)):
+        raise InvalidArgumentType(f"workspace must be a positive number of bytes, got {workspace!r:.40}")
+    if timing_cache is not None:
+        path_like(timing_cache, "timing_cache")
     if not os.path.isfile(onnx_path):
         raise FileNotFoundError(f"ONNX file not found: {onnx_path}")
     meta = read_metadata(onnx_path)
@@ -110,7 +122,7 @@ def build_tensorrt(onnx_path, engine_path, *, min_batch: int, opt_batch: int, ma
     engine_path = check_output_path(engine_path, "TensorRT engine")
     batches = _check_batches(min_batch, opt_batch, max_batch, meta)
     if workspace is not None and (isinstance(workspace, bool) or not isinstance(workspace, int) or workspace <= 0):
-        raise ValueError(f"workspace must be a positive number of bytes, got {workspace!r}")
+        raise InvalidArgument(f"workspace must be a positive number of bytes, got {workspace!r}")
     if timing_cache is not None:
         timing_cache = check_output_path(timing_cache, "timing cache")
     trt = _tensorrt()
@@ -183,9 +195,10 @@ def _torch_dtype(trt, dtype) -> torch.dtype:
 class TensorRTSampler:
     """Runs an engine from `build_tensorrt` on torch CUDA tensors: `sampler(z, cond=None) -> sample`.
 
-    Inputs are used in place (cast only when their dtype differs from the engine's), the
-    output is allocated by torch on z's device, and the engine is enqueued on torch's current
-    stream: no host copies and no synchronisation, like any torch op.
+    Inputs are used in place (cast only when their dtype differs from the engine's; an integer or
+    complex z is refused by name, never converted), the output is allocated by torch on z's device,
+    and the engine is enqueued on torch's current stream: no host copies and no synchronisation,
+    like any torch op.
 
     An engine is executable content (TensorRT runs the kernels it holds): load only engines you
     built or got from a trusted source. The engine's size and sha256, recorded in its `.json` by
@@ -196,10 +209,12 @@ class TensorRTSampler:
     """
 
     def __init__(self, engine_path, *, device=None, verify: bool = False, check_finite: bool = False):
-        engine_path = os.fspath(engine_path)
+        engine_path = path_like(engine_path, "engine_path")
+        device = device_of(device)
+        boolean(verify, "verify")
+        self.check_finite = boolean(check_finite, "check_finite")
         if not os.path.isfile(engine_path):
             raise FileNotFoundError(f"TensorRT engine not found: {engine_path}")
-        self.check_finite = bool(check_finite)
         # The file first (before TensorRT or a GPU is involved): nothing unchecked reaches the deserialiser.
         self.metadata = {}
         sidecar = engine_path + ".json"
@@ -214,7 +229,7 @@ class TensorRTSampler:
         if not torch.cuda.is_available():
             raise TensorRTError("TensorRTSampler needs a CUDA GPU visible to torch (torch.cuda.is_available() is "
                                 "False)")
-        self.device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if device is None else device
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
@@ -249,22 +264,28 @@ class TensorRTSampler:
         """Swap the schedule of a schedule_as_input engine: `schedule_tensors(fold(plan, den))` or
         `OnnxSampler.set_schedule`'s tables (same structure, checked by the caller)."""
         if self._tables is None:
-            raise ValueError("this engine has the schedule baked in; build it from a schedule_as_input export")
+            raise InvalidArgument("this engine has the schedule baked in; build it from a schedule_as_input export")
         for k in self._tables:
             v = torch.as_tensor(tables[k], dtype=self.dtypes[k]).to(self.device)
             if v.shape != self._tables[k].shape:
-                raise ValueError(f"table {k!r} must have shape {tuple(self._tables[k].shape)}, got {tuple(v.shape)}")
+                raise InvalidArgument(f"table {k!r} must have shape {tuple(self._tables[k].shape)}, got "
+                                      f"{tuple(v.shape)}")
             self._tables[k] = v
 
     def __call__(self, z: torch.Tensor, cond=None) -> torch.Tensor:
         if not isinstance(z, torch.Tensor) or not z.is_cuda:
-            raise ValueError(f"TensorRTSampler runs on CUDA tensors (no host copies); got "
-                             f"{z.device if isinstance(z, torch.Tensor) else type(z).__name__}")
+            error = InvalidArgument if isinstance(z, torch.Tensor) else InvalidArgumentType
+            raise error(f"TensorRTSampler runs on CUDA tensors (no host copies); got "
+                        f"{z.device if isinstance(z, torch.Tensor) else type(z).__name__}")
+        if not z.is_floating_point():
+            # The feed casts to the engine's dtype: an integer or complex z would be converted, not refused.
+            raise InvalidArgumentType(f"z has dtype {z.dtype}: the engine takes floating-point noise (cast to its "
+                                      f"{self.dtypes['z']} input)")
         if z.device != self.device:
-            raise ValueError(f"z is on {z.device}, the engine was loaded on {self.device}")
+            raise InvalidArgument(f"z is on {z.device}, the engine was loaded on {self.device}")
         if self.conditional != (cond is not None):
-            raise ValueError("this engine takes a condition input: pass cond" if self.conditional
-                             else "this engine has no condition input; cond must be None")
+            raise InvalidArgument("this engine takes a condition input: pass cond" if self.conditional
+                                  else "this engine has no condition input; cond must be None")
         if cond is not None:
             if not is_cond(cond) or structure(cond) != self._cond_spec:
                 raise ConditionError(f"cond must have the structure {self._cond_spec} this engine was built for")
@@ -275,8 +296,8 @@ class TensorRTSampler:
             check_finite(z, "the noise z")
         build = self.metadata.get("tensorrt_build", {})
         if build and not build["min_batch"] <= z.shape[0] <= build["max_batch"]:
-            raise ValueError(f"batch {z.shape[0]} is outside the engine's profile [{build['min_batch']}, "
-                             f"{build['max_batch']}]")
+            raise InvalidArgument(f"batch {z.shape[0]} is outside the engine's profile [{build['min_batch']}, "
+                                  f"{build['max_batch']}]")
         feeds = {"z": z.to(self.dtypes["z"]).contiguous()}
         if cond is not None:
             for name, leaf in zip(self.cond_names, leaves(cond)):
@@ -286,7 +307,7 @@ class TensorRTSampler:
         with torch.cuda.device(self.device):
             for name, t in feeds.items():
                 if not self.context.set_input_shape(name, tuple(t.shape)):
-                    raise ValueError(f"the engine rejects input {name!r} of shape {tuple(t.shape)}")
+                    raise InvalidArgument(f"the engine rejects input {name!r} of shape {tuple(t.shape)}")
                 self.context.set_tensor_address(name, t.data_ptr())
             out = torch.empty(tuple(self.context.get_tensor_shape("sample")), dtype=self.dtypes["sample"],
                               device=z.device)

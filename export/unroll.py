@@ -39,9 +39,9 @@ from torch import nn
 
 from ldd_fast.cond import rebuild
 from ldd_fast.denoiser import Denoiser
-from ldd_fast.errors import LddFastError
+from ldd_fast.errors import InvalidArgumentType, LddFastError, boolean, optional_boolean
 from ldd_fast.plan import FoldedPlan, Plan, fold
-from ldd_fast.sample import plan_for
+from ldd_fast.sample import plan_for, sampler_options
 from ldd_fast.schedule import Schedule
 
 STATE_DTYPE = torch.float32
@@ -167,8 +167,8 @@ class UnrolledSampler(nn.Module):
             coef, init_scale, t_net = args
         else:
             if args:
-                raise TypeError(f"unexpected extra inputs: this sampler was unrolled with conditional="
-                                f"{self.conditional}, schedule_as_input=False")
+                raise InvalidArgumentType(f"unexpected extra inputs: this sampler was unrolled with conditional="
+                                          f"{self.conditional}, schedule_as_input=False")
             coef, init_scale, t_net = self.coef, self.init_scale, self.t_net
         z = z.to(self.state_dtype)
         regs = [init_scale[r] * z for r in range(self.n_init)]
@@ -204,10 +204,16 @@ def unroll(den: Denoiser, schedule: Schedule, *, solver: str | None = None, orde
         cond_spec: the structure of the condition (`ldd_fast.cond.structure(cond)`; default one
             tensor): forward takes its leaves as separate arguments, in `ldd_fast.cond.leaves` order.
     """
-    unknown = set(options) - {"lower_order_final", "variant", "final"}
-    if unknown:
-        raise TypeError(f"unknown sampler option(s) {sorted(unknown)}; known: final, lower_order_final, variant")
-    plan = plan_for(den, schedule, solver=solver, order=order, force=force, **options)
+    optional_boolean(conditional, "conditional")
+    boolean(schedule_as_input, "schedule_as_input")
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise InvalidArgumentType(f"dtype must be a torch dtype or None, got {type(dtype).__name__}")
+    try:
+        rebuild_leaf_count(cond_spec)
+    except (TypeError, ValueError, AttributeError):
+        raise InvalidArgumentType(f"cond_spec must be 'tensor' or ldd_fast.cond.structure(cond), got "
+                                  f"{cond_spec!r:.60}") from None
+    plan = plan_for(den, schedule, solver=solver, order=order, force=force, **sampler_options(options))
     return unroll_plan(den, plan, conditional=conditional, dtype=dtype, schedule_as_input=schedule_as_input,
                        cond_spec=cond_spec)
 
@@ -216,7 +222,7 @@ def unroll_plan(den: Denoiser, plan: Plan, *, conditional: bool | None = None, d
                 schedule_as_input: bool = False, cond_spec="tensor") -> UnrolledSampler:
     """`unroll` for an already checked Plan."""
     if not isinstance(den, Denoiser):
-        raise TypeError(f"expected an ldd_fast Denoiser, got {type(den).__name__}")
+        raise InvalidArgumentType(f"expected an ldd_fast Denoiser, got {type(den).__name__}")
     guided = den.guidance_scale != 1.0
     if conditional is None:
         conditional = guided

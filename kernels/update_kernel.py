@@ -46,6 +46,8 @@ from typing import Sequence
 
 import torch
 
+from ldd_fast.errors import InvalidArgument, Unavailable
+
 try:
     import triton
     import triton.language as tl
@@ -151,7 +153,7 @@ def fused_update(srcs: Sequence[torch.Tensor], dsts: Sequence[torch.Tensor], coe
     """
     global launches
     if fused_update_kernel is None:
-        raise RuntimeError("the fused update needs triton (pip install 'ldd-fast[triton]')")
+        raise Unavailable("the fused update needs triton (pip install 'ldd-fast[triton]')")
     n = srcs[0].numel()
     acc64 = dsts[0].dtype == torch.float64
     end = (2 * n if dup >= 0 else n) + block
@@ -184,18 +186,18 @@ def check_operands(srcs: Sequence[torch.Tensor], dsts: Sequence[torch.Tensor], c
     """Clear errors for what the kernel assumes (used by tests and by callers outside the Sampler)."""
     n = srcs[0].numel()
     if len(mask) != len(dsts) or any(len(r) != len(srcs) for r in mask):
-        raise ValueError(f"mask must be {len(dsts)} x {len(srcs)} (destinations x sources)")
+        raise InvalidArgument(f"mask must be {len(dsts)} x {len(srcs)} (destinations x sources)")
     for name, ts in (("source", srcs), ("destination", dsts)):
         for i, t in enumerate(ts):
             want = 2 * n if (name == "destination" and i == dup) else n
             if t.numel() != want:
-                raise ValueError(f"{name} {i} has {t.numel()} elements, expected {want}")
+                raise InvalidArgument(f"{name} {i} has {t.numel()} elements, expected {want}")
             if not t.is_contiguous():
-                raise ValueError(f"{name} {i} is not contiguous (the kernel indexes flat memory)")
+                raise InvalidArgument(f"{name} {i} is not contiguous (the kernel indexes flat memory)")
             if t.device != srcs[0].device:
-                raise ValueError(f"{name} {i} is on {t.device}, the first source on {srcs[0].device}")
+                raise InvalidArgument(f"{name} {i} is on {t.device}, the first source on {srcs[0].device}")
     if coef is not None and (tuple(coef.shape) != (len(dsts), len(srcs)) or not coef.is_contiguous()):
-        raise ValueError(f"coef must be a contiguous ({len(dsts)}, {len(srcs)}) table, got {tuple(coef.shape)}")
+        raise InvalidArgument(f"coef must be a contiguous ({len(dsts)}, {len(srcs)}) table, got {tuple(coef.shape)}")
 
 
 _TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}

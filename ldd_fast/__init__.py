@@ -1,7 +1,8 @@
 """ldd-fast: learned time discretisations (LD3) and compiled low-NFE samplers for diffusion models."""
 from ._version import __version__
-from .errors import (ConditionError, IncompatibleSchedule, LddFastError, NoiseScheduleError, NonFiniteSample,
-                     ScheduleError, StateFileError)
+from .errors import (ConditionError, ForcedSchedule, IncompatibleSchedule, InvalidArgument, InvalidArgumentType,
+                     LddFastError, MissingDependency, NoiseScheduleError, NonFiniteSample, ScheduleError,
+                     StateFileError, Unavailable)
 from .noise import EDM, NoiseSchedule, RectifiedFlow, VPCosine, VPDiscrete, VPLinear
 from .denoiser import Affine, Denoiser
 from .schedule import Schedule, discretize, flux_mu
@@ -22,7 +23,7 @@ __all__ = [
     "Denoiser", "Affine", "Schedule", "discretize",
     "Plan", "SOLVERS", "make_plan", "sample", "plan_for", "run_plan",
     "LddFastError", "ScheduleError", "IncompatibleSchedule", "NoiseScheduleError", "StateFileError", "ConditionError",
-    "NonFiniteSample",
+    "NonFiniteSample", "InvalidArgument", "InvalidArgumentType", "Unavailable", "MissingDependency", "ForcedSchedule",
     "from_diffusers", "from_pipeline", "to_diffusers_scheduler", "Sampler",
     "learn", "LD3Config", "LearnResult", "TeacherSpec", "TeacherData", "make_teacher",
 ]

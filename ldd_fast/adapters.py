@@ -13,8 +13,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .cond import is_cond
 from .denoiser import Denoiser
-from .errors import ConditionError
+from .errors import ConditionError, InvalidArgument, InvalidArgumentType, finite_number, string
 from .noise import RectifiedFlow, VPDiscrete
 
 # diffusers' prediction_type -> our prediction; our own names are accepted as they are.
@@ -59,22 +60,22 @@ class DiffusersUNet(nn.Module):
         x_in = x.to(dtype)
         if self.kind == "plain":
             if cond is not None:
-                raise ValueError("cond was given, but this UNet2DModel is unconditional (no class embedding: "
-                                 "num_class_embeds / class_embed_type unset); pass cond=None")
+                raise InvalidArgument("cond was given, but this UNet2DModel is unconditional (no class embedding: "
+                                      "num_class_embeds / class_embed_type unset); pass cond=None")
             out = self.unet(x_in, t_net, return_dict=False)[0]
         elif self.kind == "class":
             if cond is None:
-                raise ValueError("this UNet2DModel has a class embedding and needs cond: the class labels "
-                                 "(one per sample), passed as class_labels")
+                raise InvalidArgument("this UNet2DModel has a class embedding and needs cond: the class labels "
+                                      "(one per sample), passed as class_labels")
             out = self.unet(x_in, t_net, class_labels=cond, return_dict=False)[0]
         else:
             if cond is None:
-                raise ValueError("a UNet2DConditionModel needs cond: encoder_hidden_states of shape [B, L, D] "
-                                 "(e.g. the prompt embedding); got cond=None")
+                raise InvalidArgument("a UNet2DConditionModel needs cond: encoder_hidden_states of shape [B, L, D] "
+                                      "(e.g. the prompt embedding); got cond=None")
             if not isinstance(cond, torch.Tensor) or cond.dim() != 3:
                 shape = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
-                raise ValueError(f"cond for a UNet2DConditionModel is encoder_hidden_states of shape [B, L, D], "
-                                 f"got {shape}")
+                raise InvalidArgument("cond for a UNet2DConditionModel is encoder_hidden_states of shape [B, L, D], "
+                                      f"got {shape}")
             out = self.unet(x_in, t_net, encoder_hidden_states=cond.to(dtype), return_dict=False)[0]
         if self.channel_split is not None:
             out = out[:, :self.channel_split]
@@ -82,30 +83,32 @@ class DiffusersUNet(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
-            raise ValueError(f"a diffusers UNet2D takes images [B, C, H, W], got shape {tuple(x.shape)}")
+            raise InvalidArgument(f"a diffusers UNet2D takes images [B, C, H, W], got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"the UNet has in_channels={self.in_channels}, but the state has {x.shape[1]} channels "
-                             f"(shape {tuple(x.shape)})")
+            raise InvalidArgument(f"the UNet has in_channels={self.in_channels}, but the state has {x.shape[1]} "
+                                  f"channels (shape {tuple(x.shape)})")
         h, w = x.shape[-2:]
         if h % self.down_factor or w % self.down_factor:
-            raise ValueError(f"the UNet downsamples by {self.down_factor} (trained sample_size={self.sample_size}); "
-                             f"spatial size {h}x{w} is not divisible by it")
+            raise InvalidArgument(f"the UNet downsamples by {self.down_factor} (trained "
+                                  f"sample_size={self.sample_size}); "
+                                  f"spatial size {h}x{w} is not divisible by it")
 
 
 def _unet_kind(unet) -> str:
     names = _class_names(unet)
     cfg = getattr(unet, "config", None)
     if not isinstance(unet, nn.Module) or cfg is None:
-        raise TypeError(f"expected a diffusers UNet2DModel or UNet2DConditionModel, got {type(unet).__name__}")
+        raise InvalidArgumentType("expected a diffusers UNet2DModel or UNet2DConditionModel, got "
+                                  f"{type(unet).__name__}")
     if "UNet2DConditionModel" in names or _get(cfg, "cross_attention_dim") is not None:
         if getattr(unet, "class_embedding", None) is not None or _get(cfg, "addition_embed_type") is not None:
-            raise ValueError("this UNet2DConditionModel also needs class_labels or added_cond_kwargs (class / "
-                             "addition embedding); from_diffusers passes only encoder_hidden_states. Wrap it in "
-                             "your own net(x, t_net, cond) and use lf.Denoiser")
+            raise InvalidArgument("this UNet2DConditionModel also needs class_labels or added_cond_kwargs (class / "
+                                  "addition embedding); from_diffusers passes only encoder_hidden_states. Wrap it in "
+                                  "your own net(x, t_net, cond) and use lf.Denoiser")
         return "text"
     if "UNet2DModel" in names or _get(cfg, "in_channels") is not None:
         return "class" if getattr(unet, "class_embedding", None) is not None else "plain"
-    raise TypeError(f"expected a diffusers UNet2DModel or UNet2DConditionModel, got {type(unet).__name__}")
+    raise InvalidArgumentType(f"expected a diffusers UNet2DModel or UNet2DConditionModel, got {type(unet).__name__}")
 
 
 def _prediction(scheduler_config, prediction: str | None) -> str:
@@ -113,8 +116,8 @@ def _prediction(scheduler_config, prediction: str | None) -> str:
     if p in PREDICTION_TYPES.values():
         return p
     if p not in PREDICTION_TYPES:
-        raise ValueError(f"unsupported prediction type {p!r}: diffusers' prediction_type must be one of "
-                         f"{sorted(PREDICTION_TYPES)} (ours: {sorted(PREDICTION_TYPES.values())})")
+        raise InvalidArgument(f"unsupported prediction type {p!r}: diffusers' prediction_type must be one of "
+                              f"{sorted(PREDICTION_TYPES)} (ours: {sorted(PREDICTION_TYPES.values())})")
     return PREDICTION_TYPES[p]
 
 
@@ -126,8 +129,8 @@ def _alphas_cumprod_from_config(cfg) -> torch.Tensor:
     if trained is not None:
         betas = torch.tensor(trained, dtype=torch.float32)
     elif schedule is None:
-        raise ValueError("the scheduler has neither alphas_cumprod nor betas (no trained_betas or beta_schedule in "
-                         "its config): it is not a DDPM-family (discrete VP) scheduler")
+        raise InvalidArgument("the scheduler has neither alphas_cumprod nor betas (no trained_betas or beta_schedule "
+                              "in its config): it is not a DDPM-family (discrete VP) scheduler")
     elif schedule == "linear":
         betas = torch.linspace(_get(cfg, "beta_start", 1e-4), _get(cfg, "beta_end", 0.02), n, dtype=torch.float32)
     elif schedule == "scaled_linear":
@@ -142,7 +145,8 @@ def _alphas_cumprod_from_config(cfg) -> torch.Tensor:
         start, end = _get(cfg, "beta_start", 1e-4), _get(cfg, "beta_end", 0.02)
         betas = torch.sigmoid(torch.linspace(-6, 6, n)) * (end - start) + start
     else:
-        raise ValueError(f"unsupported beta_schedule {schedule!r}; expected one of {BETA_SCHEDULES} or trained_betas")
+        raise InvalidArgument(f"unsupported beta_schedule {schedule!r}; expected one of {BETA_SCHEDULES} or "
+                              "trained_betas")
     if _get(cfg, "rescale_betas_zero_snr", False):
         # Lin et al. 2024, Algorithm 1: shift sqrt(alphas_cumprod) to end at zero, keep its start.
         ab = torch.cumprod(1.0 - betas, 0).sqrt()
@@ -159,8 +163,8 @@ def _alphas_cumprod(scheduler) -> torch.Tensor:
         return torch.as_tensor(ac).detach().cpu()
     cfg = scheduler if isinstance(scheduler, Mapping) else getattr(scheduler, "config", None)
     if cfg is None:
-        raise ValueError(f"the scheduler ({type(scheduler).__name__}) has neither alphas_cumprod nor a config "
-                         f"with betas: it is not a DDPM-family (discrete VP) scheduler")
+        raise InvalidArgument(f"the scheduler ({type(scheduler).__name__}) has neither alphas_cumprod nor a config "
+                              f"with betas: it is not a DDPM-family (discrete VP) scheduler")
     return _alphas_cumprod_from_config(cfg)
 
 
@@ -190,20 +194,21 @@ class DiffusersTransformer(nn.Module):
         self.transformer, self.kind = transformer, kind
         if kind == "flux":
             if latent_size is None:
-                raise ValueError("a Flux transformer needs latent_size=(height, width) of the unpacked latent "
-                                 "(image size / 8): its position ids depend on it")
+                raise InvalidArgument("a Flux transformer needs latent_size=(height, width) of the unpacked latent "
+                                      "(image size / 8): its position ids depend on it")
             h, w = (int(v) for v in latent_size)
             if h < 2 or w < 2 or h % 2 or w % 2:
-                raise ValueError(f"latent_size must be even and >= 2 (Flux packs 2 x 2 patches), got {latent_size}")
+                raise InvalidArgument("latent_size must be even and >= 2 (Flux packs 2 x 2 patches), got "
+                                      f"{latent_size}")
             self.latent_size = (h, w)
             self.register_buffer("img_ids", flux_image_ids(h, w))
             wants = bool(_get(transformer.config, "guidance_embeds", False))
             if wants and embedded_guidance is None:
-                raise ValueError("this Flux transformer embeds guidance (guidance_embeds=True): pass "
-                                 "embedded_guidance (the pipeline's guidance_scale, e.g. 3.5)")
+                raise InvalidArgument("this Flux transformer embeds guidance (guidance_embeds=True): pass "
+                                      "embedded_guidance (the pipeline's guidance_scale, e.g. 3.5)")
             if not wants and embedded_guidance is not None:
-                raise ValueError("this Flux transformer has no guidance embedding (guidance_embeds=False); "
-                                 "embedded_guidance must be None")
+                raise InvalidArgument("this Flux transformer has no guidance embedding (guidance_embeds=False); "
+                                      "embedded_guidance must be None")
             self.register_buffer("embedded_guidance", None if embedded_guidance is None else
                                  torch.tensor(float(embedded_guidance)))
 
@@ -230,10 +235,10 @@ def _flow_from_diffusers(transformer, scheduler, *, guidance_scale, null_cond, l
     cfg = scheduler if isinstance(scheduler, Mapping) else getattr(scheduler, "config", None)
     if cfg is None or (not isinstance(scheduler, Mapping) and "FlowMatchEulerDiscreteScheduler"
                        not in _class_names(scheduler) and _get(cfg, "shift") is None):
-        raise TypeError(f"a {type(transformer).__name__} samples with a FlowMatchEulerDiscreteScheduler (or its "
-                        f"config dict), got {type(scheduler).__name__}")
+        raise InvalidArgumentType(f"a {type(transformer).__name__} samples with a FlowMatchEulerDiscreteScheduler (or "
+                                  f"its config dict), got {type(scheduler).__name__}")
     if _get(cfg, "invert_sigmas", False) or _get(cfg, "shift_terminal"):
-        raise ValueError("invert_sigmas / shift_terminal change the flow's time axis; not supported")
+        raise InvalidArgument("invert_sigmas / shift_terminal change the flow's time axis; not supported")
     n_train = int(_get(cfg, "num_train_timesteps", 1000))
     noise = RectifiedFlow(t_min=1.0 / n_train)
     net = DiffusersTransformer(transformer, kind, latent_size=latent_size, embedded_guidance=embedded_guidance)
@@ -284,41 +289,53 @@ def from_diffusers(unet, scheduler, *, guidance_scale: float = 1.0, null_cond=No
         solver order) are not part of the model and are ignored: choose them with the
         Schedule and the solver.
     """
+    # The keywords' types first, whatever the network: a wrong one is the same error for every model kind.
+    guidance_scale = finite_number(guidance_scale, "guidance_scale")
+    if null_cond is not None and not is_cond(null_cond):
+        raise ConditionError(f"null_cond must be a tensor or a tuple / list / dict of tensors, got "
+                             f"{type(null_cond).__name__}")
+    if prediction is not None:
+        string(prediction, "prediction")
+    if latent_size is not None and (not isinstance(latent_size, (tuple, list)) or len(latent_size) != 2 or any(
+            isinstance(v, bool) or not isinstance(v, int) for v in latent_size)):
+        raise InvalidArgumentType(f"latent_size must be (height, width) of ints, got {latent_size!r:.60}")
+    if embedded_guidance is not None:
+        embedded_guidance = finite_number(embedded_guidance, "embedded_guidance")
     if _class_names(unet) & set(FLOW_TRANSFORMERS):
         return _flow_from_diffusers(unet, scheduler, guidance_scale=guidance_scale, null_cond=null_cond,
                                     latent_size=latent_size, embedded_guidance=embedded_guidance)
     if latent_size is not None or embedded_guidance is not None:
-        raise ValueError("latent_size and embedded_guidance belong to the flow transformers (SD3, Flux)")
+        raise InvalidArgument("latent_size and embedded_guidance belong to the flow transformers (SD3, Flux)")
     kind = _unet_kind(unet)
     cfg = unet.config
     in_ch, out_ch = _get(cfg, "in_channels"), _get(cfg, "out_channels", _get(cfg, "in_channels"))
     if not isinstance(in_ch, int) or in_ch < 1:
-        raise ValueError(f"the UNet's config has no valid in_channels (got {in_ch!r})")
+        raise InvalidArgument(f"the UNet's config has no valid in_channels (got {in_ch!r})")
     if out_ch == in_ch:
         split = None
     elif out_ch == 2 * in_ch:
         split = in_ch
     else:
-        raise ValueError(f"the UNet's out_channels={out_ch} does not fit in_channels={in_ch}: the prediction must "
-                         f"have the sample's shape (or twice its channels for a learned variance)")
+        raise InvalidArgument(f"the UNet's out_channels={out_ch} does not fit in_channels={in_ch}: the prediction must "
+                              f"have the sample's shape (or twice its channels for a learned variance)")
     sample_size = _get(cfg, "sample_size")
     if kind == "plain":
         if null_cond is not None or float(guidance_scale) != 1.0:
-            raise ValueError("this UNet2DModel is unconditional (no class embedding): guidance_scale must be 1 "
-                             "and null_cond None")
+            raise InvalidArgument("this UNet2DModel is unconditional (no class embedding): guidance_scale must be 1 "
+                                  "and null_cond None")
     if sample_size is not None and kind != "text":
         sizes = sample_size if isinstance(sample_size, (tuple, list)) else (sample_size,)
         factor = 2 ** (len(_get(cfg, "block_out_channels", ())) - 1)
         if any(int(s) % factor for s in sizes):
-            raise ValueError(f"the UNet's sample_size={sample_size} is not divisible by its downsampling "
-                             f"factor {factor}")
+            raise InvalidArgument(f"the UNet's sample_size={sample_size} is not divisible by its downsampling "
+                                  f"factor {factor}")
     scheduler_config = scheduler if isinstance(scheduler, Mapping) else getattr(scheduler, "config", None)
     if scheduler_config is None:
-        raise TypeError(f"expected a diffusers scheduler (with .config) or its config dict, "
-                        f"got {type(scheduler).__name__}")
+        raise InvalidArgumentType(f"expected a diffusers scheduler (with .config) or its config dict, "
+                                  f"got {type(scheduler).__name__}")
     if _get(scheduler_config, "use_flow_sigmas", False):
-        raise ValueError("the scheduler uses flow-matching sigmas (use_flow_sigmas=True), not a DDPM-family VP "
-                         "schedule")
+        raise InvalidArgument("the scheduler uses flow-matching sigmas (use_flow_sigmas=True), not a DDPM-family VP "
+                              "schedule")
     pred = _prediction(scheduler_config, prediction)
     noise = VPDiscrete(_alphas_cumprod(scheduler))
     net = DiffusersUNet(unet, kind, split)

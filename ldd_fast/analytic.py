@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import InvalidArgument
 from .noise import NoiseSchedule, as_time
 
 
@@ -26,7 +27,7 @@ class _Exact(nn.Module):
     def __init__(self, noise: NoiseSchedule, prediction: str):
         super().__init__()
         if prediction not in ("x0", "eps", "v", "flow"):
-            raise ValueError(f"prediction must be 'x0', 'eps', 'v' or 'flow', got {prediction!r}")
+            raise InvalidArgument(f"prediction must be 'x0', 'eps', 'v' or 'flow', got {prediction!r}")
         self.noise, self.prediction = noise, prediction
 
     def x0(self, x, t):
@@ -129,9 +130,9 @@ def warm_started_times(noise: NoiseSchedule, n: int, warm: int, grid: str = "log
     coordinates: sigma / alpha for EDM and VP, t for rectified flow; where iPNDM's equal steps live).
     """
     if grid not in ("logsnr", "sigma"):
-        raise ValueError(f"grid must be 'logsnr' or 'sigma', got {grid!r}")
+        raise InvalidArgument(f"grid must be 'logsnr' or 'sigma', got {grid!r}")
     if not 0 <= warm < n:
-        raise ValueError(f"need 0 <= warm < n, got warm={warm}, n={n}")
+        raise InvalidArgument(f"need 0 <= warm < n, got warm={warm}, n={n}")
     t_hi = torch.tensor(noise.t_max, dtype=torch.float64)
     t_lo = torch.tensor(noise.t_min, dtype=torch.float64)
     if grid == "logsnr":  # finite from pure noise too: the span of discretize's lambda grids

@@ -33,6 +33,7 @@ import torch
 
 from . import solvers
 from .denoiser import Denoiser
+from .errors import InvalidArgument, InvalidArgumentType
 from .noise import DTYPE, NoiseSchedule
 from .plan import step_orders
 from .sample import run_plan
@@ -71,7 +72,7 @@ def gits_costs(noise: NoiseSchedule, t: torch.Tensor, y: torch.Tensor, d: torch.
                metric: str = "dev") -> torch.Tensor:
     """C[i, j] (i < j) of one DDIM step from the teacher point i to the fine time j, averaged over samples."""
     if metric not in GITS_METRICS:
-        raise ValueError(f"metric must be one of {GITS_METRICS}, got {metric!r}")
+        raise InvalidArgument(f"metric must be one of {GITS_METRICS}, got {metric!r}")
     n = len(t) - 1
     alpha, sigma = noise.alpha(t), noise.sigma(t)
     scale, _ = noise.ode_coordinates(t)
@@ -102,7 +103,7 @@ def gits_path(costs: torch.Tensor, steps: int, coeff: float = 1.15) -> list[int]
     """The `steps`-step index path 0 -> n of least sum_m coeff^(m-1) C(step m) (dynamic programming)."""
     n = costs.shape[0] - 1
     if not 1 <= steps <= n:
-        raise ValueError(f"need 1 <= steps <= {n} (the fine grid's steps), got {steps}")
+        raise InvalidArgument(f"need 1 <= steps <= {n} (the fine grid's steps), got {steps}")
     c = costs.tolist()
     # best[k][i]: least cost of reaching n from i in k steps; nxt: the argmin.
     best = [[math.inf] * (n + 1) for _ in range(steps + 1)]
@@ -127,12 +128,12 @@ def gits(den: Denoiser, nfe: int, z: torch.Tensor, *, solver: str = "unipc", con
          coeff: float = 1.15, metric: str = "dev", teacher_order: int = 4) -> Schedule:
     """The GITS schedule for `solver` at `nfe` from the noise samples z (unit normal, [n, ...])."""
     if not isinstance(den, Denoiser):
-        raise TypeError(f"expected an ldd_fast Denoiser, got {type(den).__name__}")
+        raise InvalidArgumentType(f"expected an ldd_fast Denoiser, got {type(den).__name__}")
     if not (math.isfinite(coeff) and coeff > 0):
-        raise ValueError(f"coeff must be a positive number, got {coeff!r}")
+        raise InvalidArgument(f"coeff must be a positive number, got {coeff!r}")
     steps = solvers.steps_for_nfe(solver, nfe)
     if not steps <= fine_steps:
-        raise ValueError(f"{solver} at nfe={nfe} takes {steps} steps; the fine grid has only {fine_steps}")
+        raise InvalidArgument(f"{solver} at nfe={nfe} takes {steps} steps; the fine grid has only {fine_steps}")
     t, y, d = fine_trajectory(den, z, cond, steps=fine_steps, order=teacher_order)
     costs = gits_costs(den.noise, t, y, d, metric)
     path = gits_path(costs, steps, coeff)
@@ -173,7 +174,7 @@ def dmn_objective(lam: torch.Tensor, orders: list[int], weight: str = "sigma/alp
                   trunc: int | None = None) -> torch.Tensor:
     """DMN's error bound of the nodes lam[0..N] (increasing log-SNR) for per-step orders (<= 3)."""
     if weight not in DMN_WEIGHTS:
-        raise ValueError(f"weight must be one of {DMN_WEIGHTS}, got {weight!r}")
+        raise InvalidArgument(f"weight must be one of {DMN_WEIGHTS}, got {weight!r}")
     n = len(lam) - 1
     trunc = (3 if n <= 7 else 0) if trunc is None else trunc
     if weight == "sigma/alpha":
@@ -199,12 +200,13 @@ def dmn(noise: NoiseSchedule, nfe: int, *, solver: str = "unipc", order: int | N
         iters: int = 1000, lr: float = 0.05) -> Schedule:
     """The DMN schedule (data-free) for a multistep `solver` of `order` (at most 3 is modelled) at `nfe`."""
     if not isinstance(noise, NoiseSchedule):
-        raise TypeError(f"noise must be a NoiseSchedule, got {type(noise).__name__}")
+        raise InvalidArgumentType(f"noise must be a NoiseSchedule, got {type(noise).__name__}")
     spec = solvers.get_solver(solver)
     order = solvers.resolve_order(spec, order)
     n = solvers.steps_for_nfe(solver, nfe)
     if n != nfe:
-        raise ValueError(f"DMN models multistep solvers (one call per step); {solver} takes {n} steps for nfe={nfe}")
+        raise InvalidArgument(f"DMN models multistep solvers (one call per step); {solver} takes {n} steps for "
+                              f"nfe={nfe}")
     orders = [min(p, 3) for p in step_orders(n, order, lower_order_final)]
     l_hi, l_lo = noise.lam_span()
     xi = torch.zeros(n, dtype=DTYPE, requires_grad=True)

@@ -31,9 +31,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .cond import map_cond
 from .denoiser import Denoiser
+from .errors import (InvalidArgument, InvalidArgumentType, boolean, callable_or_none, device_of, dtype_of, integer,
+                     shape_of)
 from .progress import progress
-from .sampler import Sampler, available_backends
+from .sample import plan_for, sampler_options
+from .sampler import DTYPES, Sampler, available_backends
 from .schedule import Schedule
 
 BACKENDS = ("eager", "compile", "triton", "cuda_graph", "onnxruntime", "tensorrt")
@@ -77,7 +81,7 @@ def unavailable(backends, device: torch.device) -> dict[str, str]:
     """backend -> why it cannot run on `device` (absent: it can)."""
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
-        raise ValueError(f"unknown backend(s) {unknown}; expected some of {BACKENDS}")
+        raise InvalidArgument(f"unknown backend(s) {unknown}; expected some of {BACKENDS}")
     why = {k: v for k, v in available_backends(device).items() if v is not None and k in backends}
     if "onnxruntime" in backends:
         try:
@@ -211,8 +215,10 @@ def _runner(backend: str, dens: dict, sched, z, cond, *, solver, order, dtype, d
     den = dens["ref"] if backend in ("onnxruntime", "tensorrt") else dens["run"]
     if backend in ("onnxruntime", "tensorrt"):
         providers = ["CUDAExecutionProvider"] if backend == "onnxruntime" and device.type == "cuda" else None
-        runner, info = onnx_backend(den, sched, z[:1], threads=threads, providers=providers, cond=None if cond is None
-                                    else cond[:1] if torch.is_tensor(cond) else cond,
+        # The example pairs one noise row with one condition row, leaf by leaf: a structured condition (SD3's
+        # (prompt_embeds, pooled)) passed whole would hold `batch` rows against one, which the exporter refuses.
+        runner, info = onnx_backend(den, sched, z[:1], threads=threads, providers=providers,
+                                    cond=None if cond is None else map_cond(lambda c: c[:1], cond),
                                     dtype=None if dtype == torch.float32 else dtype, **kw)
         if backend == "onnxruntime":
             return runner
@@ -249,10 +255,10 @@ def _as_dict(schedules) -> dict[str, Schedule]:
     elif isinstance(schedules, (list, tuple)):
         schedules = {f"{s.origin or 'schedule'}#{i}": s for i, s in enumerate(schedules)}
     if not isinstance(schedules, dict) or not schedules:
-        raise TypeError("schedules: an lf.Schedule, a non-empty list of them, or a dict name -> Schedule")
+        raise InvalidArgumentType("schedules: an lf.Schedule, a non-empty list of them, or a dict name -> Schedule")
     for name, s in schedules.items():
         if not isinstance(s, Schedule):
-            raise TypeError(f"schedules[{name!r}] is a {type(s).__name__}, not an lf.Schedule")
+            raise InvalidArgumentType(f"schedules[{name!r}] is a {type(s).__name__}, not an lf.Schedule")
     return schedules
 
 
@@ -378,25 +384,44 @@ def bench(den: Denoiser, schedules, *, backends=("eager",), batches=(1,), dtype:
     its network replaced by a stored output (row "updates_only_ms"). Returns a BenchResult (rows, skipped, env).
     """
     if not isinstance(den, Denoiser):
-        raise TypeError(f"expected an ldd_fast Denoiser, got {type(den).__name__}")
+        raise InvalidArgumentType(f"expected an ldd_fast Denoiser, got {type(den).__name__}")
     schedules = _as_dict(schedules)
+    # Every argument before anything is built or timed.
+    if not isinstance(backends, (tuple, list)) or not all(isinstance(b, str) for b in backends):
+        raise InvalidArgumentType(f"backends must be a list of backend names ({', '.join(BACKENDS)}), got "
+                                  f"{backends!r:.60}")
     backends = tuple(backends)
     if not backends:
-        raise ValueError("backends: name at least one of " + ", ".join(BACKENDS))
+        raise InvalidArgument("backends: name at least one of " + ", ".join(BACKENDS))
+    if not isinstance(batches, (tuple, list)):
+        raise InvalidArgumentType(f"batches must be a list of positive integers, got {batches!r:.60}")
     batches = tuple(batches)
-    if not batches or not all(isinstance(b, int) and b >= 1 for b in batches):
-        raise ValueError(f"batches must be positive integers, got {batches}")
-    if not (isinstance(repeats, int) and repeats >= 1 and isinstance(warmup, int) and warmup >= 0):
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    dtype = torch.float32 if dtype is None else dtype
+    if not batches or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in batches):
+        raise InvalidArgument(f"batches must be positive integers, got {batches}")
+    integer(repeats, "repeats")
+    integer(warmup, "warmup")
+    if not (repeats >= 1 and warmup >= 0):
+        raise InvalidArgument(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    dtype = torch.float32 if dtype is None else dtype_of(dtype, "dtype", DTYPES)
+    threads = None if threads is None else integer(threads, "threads")
+    if threads is not None and threads < 1:
+        raise InvalidArgument(f"threads must be >= 1, got {threads}")
+    device = device_of(device)
+    callable_or_none(cond_fn, "cond_fn")
+    for name, v in (("force", force), ("show_progress", show_progress), ("updates_only", updates_only)):
+        boolean(v, name)
+    integer(seed, "seed")
+    options = sampler_options(options)
+    for sched in schedules.values():  # solver, order and options against every schedule, as the samplers will
+        plan_for(den, sched, solver=solver or sched.solver or "unipc", order=order, force=force, **options)
+    if sample_shape is not None:
+        shape_of(sample_shape, "sample_shape")
     shape = tuple(sample_shape or getattr(den, "sample_shape", None) or ())
     if not shape:
-        raise ValueError("this model does not say its sample shape: pass sample_shape=(C, H, W)")
+        raise InvalidArgument("this model does not say its sample shape: pass sample_shape=(C, H, W)")
     params = [p for p in den.parameters()]
-    device = torch.device(device) if device is not None else (params[0].device if params else torch.device("cpu"))
-    threads = default_threads() if threads is None else int(threads)
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    device = device if device is not None else (params[0].device if params else torch.device("cpu"))
+    threads = default_threads() if threads is None else threads
     why = unavailable(backends, device)
     skipped = [{"backend": b, "reason": why[b]} for b in backends if b in why]
     runnable = [b for b in backends if b not in why]

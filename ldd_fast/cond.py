@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from .errors import ConditionError
+
 
 def is_cond(cond) -> bool:
     """A tensor, or a non-empty tuple / list / dict (str keys) of conditions."""
@@ -65,7 +67,7 @@ def rebuild(spec, tensors: list[torch.Tensor]):
 
     out = build(spec)
     if next(it, None) is not None:
-        raise ValueError("more tensors than the condition's structure holds")
+        raise ConditionError("more tensors than the condition's structure holds")
     return out
 
 

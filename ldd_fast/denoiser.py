@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .cond import is_cond, leaves, map_cond, same_structure, structure
-from .errors import ConditionError, finite_number
+from .errors import ConditionError, InvalidArgument, InvalidArgumentType, finite_number, integer, shape_of, string
 from .noise import EDM, NoiseSchedule, VPDiscrete, as_time
 
 PREDICTIONS = ("eps", "x0", "v", "edm", "flow")
@@ -95,32 +95,36 @@ class Denoiser(nn.Module):
                  sample_shape: tuple[int, ...] | None = None):
         super().__init__()
         if not callable(net):
-            raise TypeError(f"net must be callable, got {type(net).__name__}")
+            raise InvalidArgumentType(f"net must be callable, got {type(net).__name__}")
         if not isinstance(noise, NoiseSchedule):
-            raise TypeError(f"noise must be a NoiseSchedule (lf.EDM, lf.VPLinear, ...), got {type(noise).__name__}")
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+            raise InvalidArgumentType("noise must be a NoiseSchedule (lf.EDM, lf.VPLinear, ...), got "
+                                      f"{type(noise).__name__}")
+        string(prediction, "prediction", PREDICTIONS)
         if time_input is None:
             time_input = ("edm" if prediction == "edm" else "index" if isinstance(noise, VPDiscrete)
                           else "sigma" if isinstance(noise, EDM) else "t")
         if not callable(time_input) and time_input not in TIME_INPUTS:
-            raise ValueError(f"time_input must be one of {TIME_INPUTS} or a callable, got {time_input!r}")
+            error = InvalidArgument if isinstance(time_input, str) else InvalidArgumentType
+            raise error(f"time_input must be one of {TIME_INPUTS} or a callable, got {time_input!r:.60}")
         if time_input == "index" and not isinstance(noise, VPDiscrete):
-            raise ValueError("time_input='index' needs a VPDiscrete noise schedule")
+            raise InvalidArgument("time_input='index' needs a VPDiscrete noise schedule")
         guidance_scale = finite_number(guidance_scale, "guidance_scale")
         if guidance_scale != 1.0 and null_cond is None:
-            raise ValueError("guidance_scale != 1 needs null_cond: the condition that means 'unconditional' "
-                             "(a null class label or the empty-prompt embedding); copying the conditional "
-                             "one would make guidance do nothing")
+            raise InvalidArgument("guidance_scale != 1 needs null_cond: the condition that means 'unconditional' "
+                                  "(a null class label or the empty-prompt embedding); copying the conditional "
+                                  "one would make guidance do nothing")
         sigma_data = finite_number(sigma_data, "sigma_data")
         if sigma_data <= 0:
-            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                        or num_classes < 1):
-            raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+            raise InvalidArgument(f"sigma_data must be positive, got {sigma_data}")
+        if num_classes is not None:
+            integer(num_classes, "num_classes", 1)
         if null_cond is not None:
             if not isinstance(null_cond, (tuple, list, dict)):
-                null_cond = torch.as_tensor(null_cond)
+                try:
+                    null_cond = torch.as_tensor(null_cond)
+                except (TypeError, ValueError, RuntimeError):
+                    raise ConditionError(f"null_cond must be a tensor or a tuple / list / dict of tensors, got "
+                                         f"{type(null_cond).__name__}") from None
             if not is_cond(null_cond):
                 raise ConditionError(f"null_cond must be a tensor or a tuple / list / dict of tensors, got "
                                      f"{type(null_cond).__name__}")
@@ -132,9 +136,7 @@ class Denoiser(nn.Module):
                     raise ConditionError("a model of class labels (num_classes) takes a tensor null_cond")
                 check_labels(null_cond.reshape(-1), num_classes, what="null_cond")
         if sample_shape is not None:
-            sample_shape = tuple(sample_shape)
-            if not sample_shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in sample_shape):
-                raise ValueError(f"sample_shape must be positive ints, got {sample_shape}")
+            sample_shape = shape_of(sample_shape, "sample_shape")
         self.net = net
         self.noise = noise
         self.prediction = prediction
@@ -178,7 +180,12 @@ class Denoiser(nn.Module):
         return new.train(self.training)
 
     def check_cond(self, cond, batch: int, *, values: bool = True) -> None:
-        """A ConditionError unless cond fits this model (see `check_condition`)."""
+        """A ConditionError unless cond fits this model (see `check_condition`). A guided model needs a
+        cond: without one every executor would run the plain network, an unguided sample the caller did
+        not ask for."""
+        if cond is None and self.guidance_scale != 1.0:
+            raise ConditionError(f"this Denoiser guides (guidance_scale={self.guidance_scale:g}) and needs cond, the "
+                                 f"condition to steer toward; for unguided samples use den.with_guidance(1.0)")
         check_condition(cond, batch, self.num_classes, values=values)
 
     # ----- the parts a Plan may fold in -------------------------------------------------
@@ -228,21 +235,35 @@ class Denoiser(nn.Module):
         return Affine(c_in, a, (b,))
 
     def net_call(self, x_in: torch.Tensor, t_net: torch.Tensor, cond=None) -> tuple[torch.Tensor, ...]:
-        """The network on its own input and time; with guidance, cond and null cond in one batch."""
+        """The network on its own input and time; with guidance, cond and null cond in one batch.
+
+        The network runs in its own dtype (that of its floating-point parameters; a network without
+        parameters gets x_in's): x_in and a floating-point cond are cast to it and the output back to
+        x_in's dtype, so a float16 network can serve a float32 solver and a float32 one a float64
+        solver. This is the one dtype boundary of the eager path, as NetCall's is the exported graph's.
+        """
+        out_dtype = x_in.dtype
+        net_dtype = network_dtype(self.net) or out_dtype
+        if net_dtype != out_dtype:
+            x_in = x_in.to(net_dtype)
+            if cond is not None and is_cond(cond):
+                cond = map_cond(lambda c: c.to(net_dtype) if c.is_floating_point() else c, cond)
         batch = x_in.shape[0]
-        t_net = t_net.to(device=x_in.device, dtype=x_in.dtype if x_in.dtype == torch.float64 else torch.float32)
+        t_net = t_net.to(device=x_in.device, dtype=torch.float64 if net_dtype == torch.float64 else torch.float32)
         if t_net.dim() == 0:
             t_net = t_net.expand(batch)
+        if cond is not None and not self._net_takes_cond:
+            raise InvalidArgumentType(f"cond was given but {type(self.net).__name__} takes no condition argument")
         if cond is None:
             out = self.net(x_in, t_net) if not self._net_takes_cond else self.net(x_in, t_net, None)
-            return (check_output(out, x_in),)
-        if not self._net_takes_cond:
-            raise TypeError(f"cond was given but {type(self.net).__name__} takes no condition argument")
-        if not self.guided(cond):
-            return (check_output(self.net(x_in, t_net, cond), x_in),)
-        pair = torch.cat([x_in, x_in])
-        both = map_cond(lambda c, n: torch.cat([c, n]), cond, self._null_like(cond))
-        return halves(self.net(pair, torch.cat([t_net, t_net]), both), pair)
+            raw = (check_output(out, x_in),)
+        elif not self.guided(cond):
+            raw = (check_output(self.net(x_in, t_net, cond), x_in),)
+        else:
+            pair = torch.cat([x_in, x_in])
+            both = map_cond(lambda c, n: torch.cat([c, n]), cond, self._null_like(cond))
+            raw = halves(self.net(pair, torch.cat([t_net, t_net]), both), pair)
+        return raw if net_dtype == out_dtype else tuple(r.to(out_dtype) for r in raw)
 
     def _null_like(self, cond):
         """null_cond on cond's device and dtype, one row per sample (placed once per device and dtype)."""
@@ -268,7 +289,8 @@ class Denoiser(nn.Module):
         check_state(x)
         t = as_time(t).to(x.device)
         if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != x.shape[0]):
-            raise ValueError(f"t must be a scalar or have one entry per sample ({x.shape[0]}), got {tuple(t.shape)}")
+            raise InvalidArgument(f"t must be a scalar or have one entry per sample ({x.shape[0]}), got "
+                                  f"{tuple(t.shape)}")
         aff = self.affine(t, self.guided(cond))
         return combine_output(x, self.raw(x, t, cond), aff)
 
@@ -300,6 +322,15 @@ class Denoiser(nn.Module):
                 f"time_input={time_input!r}, guidance_scale={self.guidance_scale})")
 
 
+def network_dtype(net) -> torch.dtype | None:
+    """The dtype of a network's first floating-point parameter (None: not a module, or no such parameter)."""
+    if isinstance(net, nn.Module):
+        for p in net.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
+
+
 def _state_tensors(net) -> list[tuple[str, torch.Tensor]]:
     if not isinstance(net, nn.Module):
         return []
@@ -324,10 +355,10 @@ def combine_output(x: torch.Tensor, raw: tuple[torch.Tensor, ...], aff: Affine) 
 def check_output(out, x: torch.Tensor) -> torch.Tensor:
     """The network's output must have its input's shape: a silent broadcast would give a wrong sample."""
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"the network returned {type(out).__name__}, not a tensor")
+        raise InvalidArgumentType(f"the network returned {type(out).__name__}, not a tensor")
     if out.shape != x.shape:
-        raise ValueError(f"the network returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)}: "
-                         f"its output must have the shape of its input")
+        raise InvalidArgument(f"the network returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)}: "
+                              f"its output must have the shape of its input")
     return out
 
 
@@ -404,8 +435,8 @@ def _all_finite(x: torch.Tensor) -> bool:
 
 def check_state(x) -> None:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected a tensor, got {type(x).__name__}")
+        raise InvalidArgumentType(f"expected a tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(f"expected a floating-point tensor, got dtype {x.dtype}")
+        raise InvalidArgumentType(f"expected a floating-point tensor, got dtype {x.dtype}")
     if x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError(f"expected a batch of samples (leading batch dimension >= 1), got shape {tuple(x.shape)}")
+        raise InvalidArgument(f"expected a batch of samples (leading batch dimension >= 1), got shape {tuple(x.shape)}")

@@ -41,6 +41,7 @@ import math
 import torch
 
 from .denoiser import PREDICTIONS, TIME_INPUTS, Denoiser
+from .errors import InvalidArgument, InvalidArgumentType, MissingDependency, Unavailable, positive_number, string
 from .plan import combine
 from .sample import plan_for
 from .noise import RectifiedFlow
@@ -59,8 +60,8 @@ def _prediction(p: str) -> str:
         return p
     if p in _FROM_DIFFUSERS:
         return _FROM_DIFFUSERS[p]
-    raise ValueError(f"unknown prediction_type {p!r}; expected one of {sorted(_FROM_DIFFUSERS)} "
-                     f"(or ours: {list(PREDICTIONS)})")
+    raise InvalidArgument(f"unknown prediction_type {p!r}; expected one of {sorted(_FROM_DIFFUSERS)} "
+                          f"(or ours: {list(PREDICTIONS)})")
 
 
 def _no_network(x, t):
@@ -89,8 +90,8 @@ def _make_class():
         from diffusers.configuration_utils import ConfigMixin, register_to_config
         from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
     except ImportError as e:
-        raise ImportError(f"lf.to_diffusers_scheduler needs diffusers ({e}); install it with "
-                          f"pip install 'ldd-fast[diffusers]'") from e
+        raise MissingDependency(f"lf.to_diffusers_scheduler needs diffusers ({e}); install it with "
+                                f"pip install 'ldd-fast[diffusers]'") from e
 
     class LddFastScheduler(SchedulerMixin, ConfigMixin):
         """An ldd_fast Plan (any solver, any Schedule) behind diffusers' scheduler interface."""
@@ -104,8 +105,8 @@ def _make_class():
                      prediction_type: str = "epsilon", time_input: str | None = None, sigma_data: float = 0.5,
                      force: bool = False):
             if schedule is None:
-                raise ValueError(f"{CLASS_NAME} needs a schedule; create it with lf.to_diffusers_scheduler(schedule, "
-                                 f"solver=..., order=...)")
+                raise InvalidArgument(f"{CLASS_NAME} needs a schedule; create it with "
+                                      "lf.to_diffusers_scheduler(schedule, solver=..., order=...)")
             self.plan, self._den = _plan_from_config({
                 "schedule": schedule, "solver": solver, "solver_order": solver_order, "variant": variant,
                 "lower_order_final": lower_order_final, "prediction_type": prediction_type,
@@ -129,8 +130,9 @@ def _make_class():
 
         def set_begin_index(self, begin_index: int = 0) -> None:
             if begin_index != 0:
-                raise ValueError(f"{CLASS_NAME} runs its plan from the first call (its registers start from noise); "
-                                 f"it cannot begin at step {begin_index} (img2img strength < 1 is not supported)")
+                raise InvalidArgument(f"{CLASS_NAME} runs its plan from the first call (its registers start from "
+                                      f"noise); it cannot begin at step {begin_index} (img2img strength < 1 is not "
+                                      "supported)")
 
         def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None, sigmas=None,
                           mu: float | None = None, **kwargs) -> None:
@@ -138,13 +140,13 @@ def _make_class():
 
             sigmas / mu (a flow pipeline's own grid and resolution shift) are accepted and not used."""
             if timesteps is not None:
-                raise ValueError(f"{CLASS_NAME} runs the schedule in its config; for other times build another "
-                                 f"scheduler with lf.to_diffusers_scheduler(new_schedule, ...)")
+                raise InvalidArgument(f"{CLASS_NAME} runs the schedule in its config; for other times build another "
+                                      f"scheduler with lf.to_diffusers_scheduler(new_schedule, ...)")
             if sigmas is not None and num_inference_steps is None:
                 num_inference_steps = len(sigmas)
             if num_inference_steps is not None and num_inference_steps != self.nfe:
-                raise ValueError(f"this scheduler runs a fixed schedule of {self.nfe} network calls; call the "
-                                 f"pipeline with num_inference_steps={self.nfe} (got {num_inference_steps})")
+                raise InvalidArgument(f"this scheduler runs a fixed schedule of {self.nfe} network calls; call the "
+                                      f"pipeline with num_inference_steps={self.nfe} (got {num_inference_steps})")
             self.num_inference_steps = self.nfe
             self.timesteps = self._t_net.to(device=device)
             self._step_index = 0
@@ -162,14 +164,14 @@ def _make_class():
             """Apply call i's linear map to the registers; returns the next network input (or the sample)."""
             i, plan = self._step_index, self.plan
             if i >= self.nfe:
-                raise RuntimeError(f"all {self.nfe} calls of the plan are done; call set_timesteps() to start again")
+                raise Unavailable(f"all {self.nfe} calls of the plan are done; call set_timesteps() to start again")
             if i == 0:
                 # One host read per run, as diffusers' own schedulers do when they locate the first step.
                 t0 = float(timestep) if not isinstance(timestep, torch.Tensor) else float(timestep.reshape(-1)[0])
                 if not math.isclose(t0, float(self.timesteps[0]), rel_tol=1e-6, abs_tol=1e-6):
-                    raise ValueError(f"the first step() got timestep {t0}, but the plan starts at "
-                                     f"{float(self.timesteps[0])}: pass scheduler.timesteps in order (and call "
-                                     f"set_timesteps() before each run)")
+                    raise InvalidArgument(f"the first step() got timestep {t0}, but the plan starts at "
+                                          f"{float(self.timesteps[0])}: pass scheduler.timesteps in order (and call "
+                                          f"set_timesteps() before each run)")
                 # The single cast of the float64 plan to the working dtype, as in lf.run_plan.
                 self._tables = (plan.cast(sample.dtype, sample.device),
                                 [a.to(sample.device, sample.dtype) for a in self._affines])
@@ -246,19 +248,26 @@ def to_diffusers_scheduler(schedule: Schedule, *, solver: str | None = None, ord
         sigma_data: EDM's sigma_data (prediction "edm" only).
     """
     if not isinstance(schedule, Schedule):
-        raise TypeError(f"expected an lf.Schedule, got {type(schedule).__name__}")
+        raise InvalidArgumentType(f"expected an lf.Schedule, got {type(schedule).__name__}")
+    # Every keyword's type before the plan is built or diffusers is imported.
+    if prediction_type is not None:
+        string(prediction_type, "prediction_type")
+    if time_input is not None:
+        string(time_input, "time_input", TIME_INPUTS)
+    if sigma_data is not None:
+        sigma_data = positive_number(sigma_data, "sigma_data")
     if time_input is None and isinstance(schedule.noise, RectifiedFlow):
         time_input = "t1000"  # what the flow pipelines read as their timestep, whatever their network takes
     options = {"variant": variant, "lower_order_final": lower_order_final}
     options = {k: v for k, v in options.items() if v is not None}
     if model is not None:
         if not isinstance(model, Denoiser):
-            raise TypeError(f"model must be an lf.Denoiser (e.g. lf.from_diffusers(unet, scheduler)), "
-                            f"got {type(model).__name__}")
+            raise InvalidArgumentType(f"model must be an lf.Denoiser (e.g. lf.from_diffusers(unet, scheduler)), "
+                                      f"got {type(model).__name__}")
         plan = plan_for(model, schedule, solver=solver, order=order, force=force, **options)
         if callable(model.time_input):
-            raise ValueError("the model's time_input is a callable, which a scheduler config cannot store; pass "
-                             f"time_input= one of {TIME_INPUTS}")
+            raise InvalidArgument("the model's time_input is a callable, which a scheduler config cannot store; pass "
+                                  f"time_input= one of {TIME_INPUTS}")
         prediction_type = prediction_type or model.prediction
         time_input = time_input or model.time_input
         sigma_data = model.sigma_data if sigma_data is None else sigma_data

@@ -6,6 +6,8 @@
   built on the folded plan (conversion and guidance inside the coefficients).
 * `to_onnx(...)`: that sampler as one ONNX graph plus one data file of weights (stored once).
 * `OnnxSampler(path)`: runs it with onnxruntime.
+* `write_pipeline_manifest(export, den, ...)`: beside a pipeline's graph, what a server needs to feed it and
+  decode its latents (inputs, guidance, components, the VAE's scaling and Flux's packing).
 * `build_tensorrt(...)` / `TensorRTSampler(engine)`: a TensorRT engine from the graph, run on
   torch CUDA tensors (needs the [tensorrt] extra and an NVIDIA GPU).
 
@@ -27,9 +29,11 @@ from ldd_fast.export.onnx_export import ExportError, OnnxExport, artifact_files,
 from ldd_fast.export.onnx_runtime import OnnxSampler  # noqa: E402
 from ldd_fast.export.tensorrt_engine import TensorRTError, TensorRTSampler, build_tensorrt  # noqa: E402
 from ldd_fast.export.unroll import UnrolledSampler, UnrollError, schedule_tensors, unroll  # noqa: E402
+from ldd_fast.export.manifest import manifest_path, read_manifest, write_pipeline_manifest  # noqa: E402
 
 __all__ = [
     "unroll", "UnrolledSampler", "UnrollError", "schedule_tensors",
     "to_onnx", "OnnxExport", "ExportError", "read_metadata", "artifact_files",
     "OnnxSampler", "build_tensorrt", "TensorRTSampler", "TensorRTError", "MissingDependency",
+    "write_pipeline_manifest", "read_manifest", "manifest_path",
 ]

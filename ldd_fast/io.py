@@ -13,7 +13,10 @@ safetensors layout: 8 bytes of little-endian header length, a JSON header naming
 tensor's dtype, shape and byte range, then the raw bytes. The non-tensor part of the state
 (numbers, strings, lists, dicts) is JSON inside the header's `__metadata__`. Reading one
 parses JSON and copies bytes into tensors: no pickle, so a planted file cannot run code.
-The files also open with the `safetensors` package (tensors and metadata).
+The files also open with the `safetensors` package (tensors and metadata). The reader refuses,
+with a StateFileError naming the file, byte ranges that do not tile the data exactly, more than
+MAX_DIMS dimensions, shapes whose size does not match their byte range, and JSON nested deeper
+than MAX_DEPTH.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import time
 
 import torch
 
-from .errors import StateFileError
+from .errors import InvalidArgumentType, StateFileError
 
 try:
     import fcntl
@@ -44,7 +47,7 @@ TMP_SUFFIX = ".tmp"
 def check_output_path(path, what: str) -> str:
     """The absolute output path, or an error naming the path and why it cannot be written."""
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{what} path must be a str or os.PathLike, got {type(path).__name__}")
+        raise InvalidArgumentType(f"{what} path must be a str or os.PathLike, got {type(path).__name__}")
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
     if os.path.isdir(path):
@@ -203,6 +206,11 @@ def read_json(path, what: str, error=StateFileError):
 STATE_FORMAT = "ldd_fast.state"
 STATE_VERSION = "1"
 MAX_HEADER_BYTES = 64 << 20
+# ldd-fast's own state nests under 10 levels; the limit keeps the recursive walks over a loaded
+# tree (_decode, repr in messages) far from Python's recursion limit.
+MAX_DEPTH = 32
+# ldd-fast stores at most 5-d tensors; the limit keeps a planted shape far from torch's 64.
+MAX_DIMS = 8
 _RESERVED = ("__tensor__", "__tuple__", "__dict__")
 
 
@@ -231,20 +239,25 @@ def _encode(obj, tensors: dict):
         if all(isinstance(k, str) and k not in _RESERVED for k in obj):
             return {k: _encode(v, tensors) for k, v in obj.items()}
         return {"__dict__": [[_encode(k, tensors), _encode(v, tensors)] for k, v in obj.items()]}
-    raise TypeError(f"a state file stores tensors, numbers, strings, None, lists, tuples and dicts; "
-                    f"got {type(obj).__name__}")
+    raise InvalidArgumentType(f"a state file stores tensors, numbers, strings, None, lists, tuples and dicts; "
+                              f"got {type(obj).__name__}")
 
 
 def save_state(path, kind: str, tree) -> None:
     """Write `tree` (tensors, numbers, strings, None, lists, tuples, dicts) atomically as a state file."""
     tensors: dict = {}
-    body = json.dumps(_encode(tree, tensors))
+    encoded = _encode(tree, tensors)
+    depth = _depth(encoded)
+    if depth > MAX_DEPTH:  # refused now, or load_state would refuse the file
+        raise StateFileError(f"{kind} file {path}: the state is nested {depth} levels deep "
+                             f"(at most {MAX_DEPTH}, counting its JSON encoding)")
+    body = json.dumps(encoded)
     names = {v: k for k, v in _dtypes().items()}
     header, offset = {}, 0
     for name, t in tensors.items():
         if t.dtype not in names:
-            raise TypeError(f"state file tensors must have one of the dtypes {sorted(map(str, names))}, "
-                            f"got {t.dtype}")
+            raise InvalidArgumentType(f"state file tensors must have one of the dtypes {sorted(map(str, names))}, "
+                                      f"got {t.dtype}")
         n = t.numel() * t.element_size()
         header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
         offset += n
@@ -260,6 +273,52 @@ def save_state(path, kind: str, tree) -> None:
                 if t.numel():
                     f.write(t.view(-1).view(torch.uint8).numpy().tobytes())
     atomic_write(path, write)
+
+
+def _depth(obj) -> int:
+    """How deeply lists and dicts nest in `obj` (a scalar is 0), walked without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        obj, d = stack.pop()
+        if isinstance(obj, (list, dict)):
+            deepest = max(deepest, d)
+            stack.extend((v, d + 1) for v in (obj.values() if isinstance(obj, dict) else obj))
+    return deepest
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _tensor_entry(entry, where: str):
+    """(dtype, shape, begin, end) of one header entry; a StateFileError says what is wrong `where`."""
+    def bad(msg):
+        return StateFileError(f"{where}: {msg}")
+
+    dtypes = _dtypes()
+    dtype = entry.get("dtype") if isinstance(entry, dict) else None
+    if not isinstance(dtype, str) or dtype not in dtypes:
+        raise bad(f"dtype is not one of {sorted(dtypes)}")
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list):
+        raise bad("shape is not a list")
+    if len(shape) > MAX_DIMS:
+        raise bad(f"has {len(shape)} dimensions (at most {MAX_DIMS})")
+    for s in shape:
+        if not _is_int(s) or s < 0:
+            raise bad(f"shape has a dimension {s!r:.40} that is not a non-negative int")
+    # Python ints, so nothing overflows; torch sizes and strides are int64 even for an empty tensor.
+    if math.prod(max(s, 1) for s in shape) >= 2**63:
+        raise bad(f"shape {shape} is too large for a tensor")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))
+            and 0 <= offsets[0] <= offsets[1]):
+        raise bad("data_offsets is not two ints 0 <= begin <= end")
+    dtype = dtypes[dtype]
+    begin, end = offsets
+    n = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if end - begin != n:
+        raise bad(f"shape {shape} of {dtype} needs {n} bytes, its data_offsets hold {end - begin}")
+    return dtype, shape, begin, end
 
 
 def _decode(obj, tensors: dict, path: str):
@@ -307,31 +366,37 @@ def load_state(path, kind: str):
         raise bad("not an ldd-fast state file (no valid header: a torch .pt / pickle file, or truncated)")
     try:
         header = json.loads(blob[8:8 + n].decode("utf-8"))
-        meta = header.get("__metadata__") if isinstance(header, dict) else None
-        if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
-            raise ValueError("no ldd_fast.state metadata")
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+    except RecursionError:
+        raise bad(f"not an ldd-fast state file (its header is nested more than {MAX_DEPTH} levels deep)") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise bad(f"not an ldd-fast state file ({e})") from None
+    if (depth := _depth(header)) > MAX_DEPTH:
+        raise bad(f"not an ldd-fast state file (its header is nested {depth} levels deep)")
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+        raise bad("not an ldd-fast state file (no ldd_fast.state metadata)")
     if meta.get("version") != STATE_VERSION:
         raise bad(f"state format version {meta.get('version')!r}; this ldd-fast reads version {STATE_VERSION}")
     if meta.get("kind") != kind:
         raise bad(f"holds a {meta.get('kind')!r}, not a {kind!r}")
     data = memoryview(blob)[8 + n:]
-    dtypes, tensors = _dtypes(), {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = dtypes[entry["dtype"]]
-            shape = [int(s) for s in entry["shape"]]
-            begin, end = (int(v) for v in entry["data_offsets"])
-            if any(s < 0 for s in shape) or not 0 <= begin <= end <= len(data):
-                raise ValueError("shape or byte range out of bounds")
-            size = torch.empty((), dtype=dtype).element_size()
-            if end - begin != math.prod(shape) * size:
-                raise ValueError(f"{end - begin} bytes for shape {shape}")
-        except (KeyError, TypeError, ValueError) as e:
-            raise bad(f"tensor {name!r} is malformed ({e})") from None
+    entries = {name: _tensor_entry(entry, f"{kind} file {path}: tensor {name!r}")
+               for name, entry in header.items() if name != "__metadata__"}
+    # The ranges must tile the data exactly, as save_state writes them: an overlap would let one
+    # tensor read another's bytes, and a gap or a tail would be bytes that nothing accounts for.
+    at = 0
+    for begin, end, name in sorted((e[2], e[3], name) for name, e in entries.items()):
+        if begin > at:
+            raise bad(f"{begin - at} unused bytes before tensor {name!r} (data_offsets must tile the data)")
+        if begin < at:
+            raise bad(f"tensor {name!r}'s data_offsets [{begin}, {end}] overlap another tensor's")
+        at = end
+    if at > len(data):
+        raise bad(f"data_offsets reach byte {at}, past the end of the data ({len(data)} bytes): truncated")
+    if at < len(data):
+        raise bad(f"{len(data) - at} trailing bytes after the last tensor (data_offsets must tile the data)")
+    tensors = {}
+    for name, (dtype, shape, begin, end) in entries.items():
         if end > begin:
             t = torch.frombuffer(bytearray(data[begin:end]), dtype=dtype)
         else:
@@ -339,8 +404,12 @@ def load_state(path, kind: str):
         tensors[name] = t.reshape(shape)
     try:
         tree = json.loads(meta["tree"])
-    except (KeyError, TypeError, ValueError, RecursionError) as e:
+    except RecursionError:
+        raise bad(f"the stored state is nested more than {MAX_DEPTH} levels deep") from None
+    except (KeyError, TypeError, ValueError) as e:
         raise bad(f"the stored state is not valid JSON ({e})") from None
+    if (depth := _depth(tree)) > MAX_DEPTH:
+        raise bad(f"the stored state is nested {depth} levels deep (at most {MAX_DEPTH})")
     return _decode(tree, tensors, f"{kind} file {path}")
 
 

@@ -33,9 +33,10 @@ import torch
 from torch import nn
 
 from . import solvers
-from .cond import map_cond
+from .cond import is_cond, map_cond
 from .denoiser import Denoiser
-from .errors import StateFileError
+from .errors import (ConditionError, InvalidArgument, InvalidArgumentType, StateFileError, boolean, callable_or_none,
+                     finite_number, integer, path_like, shape_of, string)
 from .io import Fields, load_state, save_state
 from .losses import get_loss
 from .noise import DTYPE, NoiseSchedule
@@ -89,26 +90,40 @@ class LD3Config:
     # the plain hard-loss learner of the baselines with soft=False.
     optimizer: str = "ld3"
 
+    def __post_init__(self):
+        self.validate()
+
     def validate(self):
+        string(self.mode, "mode")
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise InvalidArgument(f"mode must be one of {MODES}, got {self.mode!r}")
         for name in ("n_train", "n_valid", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            if integer(getattr(self, name), name) < 1:
+                raise InvalidArgument(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("rounds_xi", "rounds_both", "rounds_coef", "patience", "seed"):
+            integer(getattr(self, name), name)
+        for name in ("lr_xi", "momentum_xi", "lr_xi_c", "lr_z", "gamma", "win_rate", "clip", "lr_decay", "min_lr_xi",
+                     "min_lr_xi_c", "lr_coef", "coef_reg", "min_lr_coef"):
+            if getattr(self, name) is not None:  # lr_xi_c and lr_z: None is "the default for this nfe"
+                finite_number(getattr(self, name), name)
+        for name in ("soft", "decoupled", "coef_joint"):
+            boolean(getattr(self, name), name)
         if self.rounds_xi < 0 or self.rounds_both < 0 or self.rounds_xi + self.rounds_both < 1:
-            raise ValueError("need at least one training round (rounds_xi + rounds_both >= 1)")
+            raise InvalidArgument("need at least one training round (rounds_xi + rounds_both >= 1)")
+        if self.coefficients is not None and not isinstance(self.coefficients, str):
+            raise InvalidArgumentType(f"coefficients must be None or one of {solvers.COEFFICIENT_FORMS}, got "
+                                      f"{type(self.coefficients).__name__}")
         if self.coefficients not in (None,) + solvers.COEFFICIENT_FORMS:
-            raise ValueError(f"coefficients must be False, True or one of {solvers.COEFFICIENT_FORMS}, "
-                             f"got {self.coefficients!r}")
+            raise InvalidArgument(f"coefficients must be False, True or one of {solvers.COEFFICIENT_FORMS}, "
+                                  f"got {self.coefficients!r}")
         if self.coefficients is not None and self.rounds_coef < 1:
-            raise ValueError("learning coefficients needs rounds_coef >= 1")
+            raise InvalidArgument("learning coefficients needs rounds_coef >= 1")
         if not (self.coef_reg >= 0 and self.lr_coef > 0):
-            raise ValueError(f"need coef_reg >= 0 and lr_coef > 0, got {self.coef_reg}, {self.lr_coef}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise InvalidArgument(f"need coef_reg >= 0 and lr_coef > 0, got {self.coef_reg}, {self.lr_coef}")
+        string(self.optimizer, "optimizer", OPTIMIZERS)
         if not 0 < self.win_rate <= 0.5:
-            raise ValueError(f"win_rate must be in (0, 0.5] so shifted times stay between neighbours, "
-                             f"got {self.win_rate}")
+            raise InvalidArgument("win_rate must be in (0, 0.5] so shifted times stay between neighbours, got "
+                                  f"{self.win_rate}")
 
 
 class TimeParams(nn.Module):
@@ -118,7 +133,7 @@ class TimeParams(nn.Module):
                  win_rate: float = 0.5, decoupled: bool = True, init: Schedule | None = None):
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise InvalidArgument(f"mode must be one of {MODES}, got {mode!r}")
         self.noise, self.solver, self.nfe, self.mode = noise, solver, nfe, mode
         self.win_rate, self.decoupled = win_rate, decoupled
         self.n_steps = solvers.steps_for_nfe(solver, nfe)
@@ -163,15 +178,15 @@ class TimeParams(nn.Module):
     def init_from(self, sched: Schedule) -> None:
         """Set xi (and xi_c) so that the parameters reproduce `sched` exactly (up to the window clip)."""
         if not solvers.layout_matches(self.solver, sched.t.numel(), sched.nfe) or sched.nfe != self.nfe:
-            raise ValueError(f"init schedule has {sched.nfe} calls and {sched.t.numel()} times: it does not fit "
-                             f"{self.solver} at nfe={self.nfe}")
+            raise InvalidArgument(f"init schedule has {sched.nfe} calls and {sched.t.numel()} times: it does not fit "
+                                  f"{self.solver} at nfe={self.nfe}")
         if sched.final != "t_min":
-            raise ValueError("LD3 learns schedules that end at t_min; the init schedule has final='zero'")
+            raise InvalidArgument("LD3 learns schedules that end at t_min; the init schedule has final='zero'")
         t = sched.t
         if not (math.isclose(float(t[0]), self.noise.t_max, rel_tol=1e-9)
                 and math.isclose(float(t[-1]), self.noise.t_min, rel_tol=1e-9)):
-            raise ValueError(f"init schedule must run from t_max={self.noise.t_max} to t_min={self.noise.t_min}, "
-                             f"got {float(t[0])} .. {float(t[-1])}")
+            raise InvalidArgument(f"init schedule must run from t_max={self.noise.t_max} to t_min={self.noise.t_min}, "
+                                  f"got {float(t[0])} .. {float(t[-1])}")
         c = self.coord(t)
         p = ((c[1:] - c[:-1]) / (self.c_lo - self.c_hi)).clamp_min(1e-300)
         self.xi.copy_(torch.log(p) - torch.log(p).mean())
@@ -223,7 +238,7 @@ class LD3Trainer:
         self.solver, self.nfe, self.cfg, self.den = solver, nfe, config, den
         need = config.n_train + config.n_valid
         if len(teacher) < need:
-            raise ValueError(f"teacher data has {len(teacher)} pairs; n_train + n_valid = {need}")
+            raise InvalidArgument(f"teacher data has {len(teacher)} pairs; n_train + n_valid = {need}")
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "callable")
         self.dist, self.decoder = get_loss(loss), decoder
         self.out, self.checkpoint_calls, self.show_progress = out, checkpoint_calls, show_progress
@@ -375,7 +390,7 @@ class LD3Trainer:
         order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(self.cfg.seed * 7919 + r))
         batches = order.split(self.cfg.batch_size)
         losses, message = [], None
-        bar = progress(batches, desc=f"LD3 round {r + 1}/{self.total_rounds} (phase {self.phase(r)})",
+        bar = progress(batches, desc=f"LD3 round {r} of 0..{self.total_rounds - 1} (phase {self.phase(r)})",
                        disable=not self.show_progress)
         for idx in bar:
             good = (self.params.xi.detach().clone(), self.params.xi_c.detach().clone(), self.coef.u.detach().clone())
@@ -609,8 +624,8 @@ def _teacher_source(den, teacher, shape, n, seed, out, cond):
         return data, None, data.info
     spec = TeacherSpec(**teacher) if isinstance(teacher, dict) else (teacher or TeacherSpec.default_for(den.noise))
     if not isinstance(spec, TeacherSpec):
-        raise TypeError(f"teacher must be a TeacherSpec, a dict of its fields, TeacherData or a file path, "
-                        f"got {type(teacher).__name__}")
+        raise InvalidArgumentType(f"teacher must be a TeacherSpec, a dict of its fields, TeacherData or a file path, "
+                                  f"got {type(teacher).__name__}")
     path = None if out is None else os.path.join(out, TEACHER_FILE)
     if path and os.path.isfile(path):
         data = TeacherData.load(path)
@@ -653,6 +668,8 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
     both (in out/lambda and out/time) and keep the one with the lower validation hard loss; the
     result's history is the winner's, schedule.info["mode_selection"] records both losses.
     """
+    _check_learn_arguments(den, solver, order, nfe, shape, mode, teacher, n_train, n_valid, loss, decoder, cond, init,
+                           out, resume, seed, checkpoint_calls, show_progress, config, coefficients, solver_options)
     if out is not None:
         out = os.fspath(out)
         if os.path.exists(out) and not os.path.isdir(out):
@@ -672,12 +689,6 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
         if out is not None:
             result.schedule.save(os.path.join(out, "schedule.json"))
         return result
-    if not isinstance(den, Denoiser):
-        raise TypeError(f"expected an ldd_fast Denoiser, got {type(den).__name__}")
-    unknown = set(solver_options) - {"variant", "lower_order_final"}
-    if unknown:
-        raise TypeError(f"unknown solver option(s) {sorted(unknown)}; known: variant, lower_order_final")
-    solvers.steps_for_nfe(solver, nfe)
     if coefficients is True:
         coefficients = "exact"
     elif coefficients is False:
@@ -717,10 +728,52 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
             p.requires_grad_(flag)
 
 
+def _check_learn_arguments(den, solver, order, nfe, shape, mode, teacher, n_train, n_valid, loss, decoder, cond, init,
+                           out, resume, seed, checkpoint_calls, show_progress, config, coefficients, solver_options):
+    """Every argument of learn, before a teacher is made or a file is touched (a wrong one fails in
+    milliseconds, not after minutes of work)."""
+    if not isinstance(den, Denoiser):
+        raise InvalidArgumentType(f"expected an ldd_fast Denoiser, got {type(den).__name__}")
+    unknown = set(solver_options) - {"variant", "lower_order_final"}
+    if unknown:
+        raise InvalidArgumentType(f"unknown solver option(s) {sorted(unknown)}; known: variant, lower_order_final")
+    solvers.steps_for_nfe(solver, nfe)
+    solvers.resolve_options(solver, order, nfe, solver_options)
+    shape_of(shape, "shape")
+    string(mode, "mode")
+    if mode not in MODES + ("auto",):
+        raise InvalidArgument(f"mode must be one of {MODES + ('auto',)}, got {mode!r}")
+    if teacher is not None and not isinstance(teacher, (TeacherSpec, dict, TeacherData, str, os.PathLike)):
+        raise InvalidArgumentType(f"teacher must be a TeacherSpec, a dict of its fields, TeacherData or a file path, "
+                                  f"got {type(teacher).__name__}")
+    integer(n_train, "n_train", 1)
+    integer(n_valid, "n_valid", 1)
+    if not callable(loss) and not isinstance(loss, str):
+        raise InvalidArgumentType(f"loss must be a loss name or a callable f(x, y) -> [B], got {type(loss).__name__}")
+    callable_or_none(decoder, "decoder")
+    if cond is not None and not callable(cond) and not is_cond(cond):
+        raise ConditionError(f"cond must be a tensor, a tuple / dict of tensors or a callable (n, generator) -> such, "
+                             f"got {type(cond).__name__}")
+    if init is not None and not isinstance(init, (Schedule, str)):
+        raise InvalidArgumentType(f"init must be a Schedule, None or 'best', got {type(init).__name__}")
+    if isinstance(init, str) and init != "best":
+        raise InvalidArgument(f"init must be a Schedule, None or 'best', got {init!r}")
+    if out is not None:
+        path_like(out, "out")
+    for name, v in (("resume", resume), ("checkpoint_calls", checkpoint_calls), ("show_progress", show_progress)):
+        boolean(v, name)
+    integer(seed, "seed")
+    if config is not None and not isinstance(config, LD3Config):
+        raise InvalidArgumentType(f"config must be an LD3Config or None, got {type(config).__name__}")
+    if not isinstance(coefficients, (bool, str)):
+        raise InvalidArgumentType(f"coefficients must be False, True or one of {solvers.COEFFICIENT_FORMS}, got "
+                                  f"{type(coefficients).__name__}")
+
+
 def _learn(den, solver, order, nfe, shape, cfg, teacher, loss, decoder, cond, init, out, resume, ckpt,
            checkpoint_calls, show_progress, solver_options) -> LearnResult:
     if isinstance(init, str) and init != "best":
-        raise ValueError(f"init must be a Schedule, None or 'best', got {init!r}")
+        raise InvalidArgument(f"init must be a Schedule, None or 'best', got {init!r}")
     n = cfg.n_train + cfg.n_valid
     data, spec, info = _teacher_source(den, teacher, shape, n, cfg.seed, out, cond)
     state = None
@@ -751,7 +804,7 @@ def _learn(den, solver, order, nfe, shape, cfg, teacher, loss, decoder, cond, in
             result.ld3_schedule.save(os.path.join(out, LD3_SCHEDULE_FILE))
         try:
             from .plots import plot_learning
-            plot_learning(result, init_schedule=init, out=out)
+            plot_learning(result, init_schedule=init, out=out, model=den)
         except ImportError:
             pass
     return result

@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 
+from .errors import InvalidArgument, Unavailable
+
 PSEUDO_HUBER_C = 0.00054
 NAMES = ("l2", "l1", "pseudo_huber", "lpips")
 
@@ -41,13 +43,13 @@ class LPIPSDistance:
         try:
             import lpips
         except Exception as e:  # noqa: BLE001 - the package or torchvision beside it fails to import
-            raise RuntimeError(
+            raise Unavailable(
                 "loss='lpips' needs the `lpips` package, which needs torchvision; it does not import here "
                 f"({type(e).__name__}: {e}). Use loss='l2', 'l1', 'pseudo_huber' or a callable.") from None
         hub = os.path.join(torch.hub.get_dir(), "checkpoints")
         if not any(f.startswith("vgg16") for f in (os.listdir(hub) if os.path.isdir(hub) else [])):
-            raise RuntimeError(f"loss='lpips' needs the VGG16 weights in {hub} (ldd-fast never downloads); "
-                               "copy vgg16-*.pth there or use another loss")
+            raise Unavailable(f"loss='lpips' needs the VGG16 weights in {hub} (ldd-fast never downloads); "
+                              "copy vgg16-*.pth there or use another loss")
         self.model = lpips.LPIPS(net="vgg", verbose=False).eval()
         if device is not None:
             self.model.to(device)
@@ -56,7 +58,7 @@ class LPIPSDistance:
 
     def __call__(self, x, y):
         if x.dim() != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"loss='lpips' needs images [B, 1 or 3, H, W], got {tuple(x.shape)}")
+            raise InvalidArgument(f"loss='lpips' needs images [B, 1 or 3, H, W], got {tuple(x.shape)}")
         if x.shape[1] == 1:
             x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
         return self.model(x.float(), y.float()).flatten()
@@ -73,4 +75,4 @@ def get_loss(loss) -> Callable:
         return pseudo_huber
     if loss == "lpips":
         return LPIPSDistance()
-    raise ValueError(f"unknown loss {loss!r}; expected one of {NAMES} or a callable f(x, y) -> [B]")
+    raise InvalidArgument(f"unknown loss {loss!r}; expected one of {NAMES} or a callable f(x, y) -> [B]")

@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from .errors import InvalidArgument
+
 DATA_RANGE = 2.0  # samples live in [-1, 1]
 FD_SAMPLES = 300  # the size of the held-out split: every FD uses this many generated samples
 
@@ -32,7 +34,7 @@ def bootstrap_mean(values: torch.Tensor, *, n_boot: int = 2000, seed: int = 0, l
     """Mean and percentile bootstrap interval of the mean."""
     v = torch.as_tensor(values, dtype=torch.float64).flatten()
     if v.numel() < 2:
-        raise ValueError("bootstrap needs at least 2 values")
+        raise InvalidArgument("bootstrap needs at least 2 values")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, v.numel(), (n_boot, v.numel()), generator=g)
     means = v[idx].mean(1)
@@ -46,7 +48,8 @@ def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, *, n_boot: int = 2000, se
     each with a percentile bootstrap interval over seeds (resampling pairs)."""
     a, b = torch.as_tensor(a, dtype=torch.float64).flatten(), torch.as_tensor(b, dtype=torch.float64).flatten()
     if a.shape != b.shape or a.numel() < 2:
-        raise ValueError(f"paired bootstrap needs two equal-length vectors of >= 2 values, got {a.shape}, {b.shape}")
+        raise InvalidArgument(f"paired bootstrap needs two equal-length vectors of >= 2 values, got {a.shape}, "
+                              f"{b.shape}")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, a.numel(), (n_boot, a.numel()), generator=g)
     ma, mb = a[idx].mean(1), b[idx].mean(1)
@@ -83,7 +86,7 @@ class DigitsMetrics:
 
     def _check(self, x):
         if x.shape[0] != FD_SAMPLES:
-            raise ValueError(f"every FD uses {FD_SAMPLES} samples (equal to the held-out set), got {x.shape[0]}")
+            raise InvalidArgument(f"every FD uses {FD_SAMPLES} samples (equal to the held-out set), got {x.shape[0]}")
 
     def fd(self, x: torch.Tensor, *, n_boot: int = 0, seed: int = 0, level: float = 0.95) -> dict:
         """FD of x (exactly FD_SAMPLES samples) against the held-out digits, with a percentile

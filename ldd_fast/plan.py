@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import InvalidArgument
 from .noise import DTYPE, NoiseSchedule, as_time
 
 D = "D"  # the name of the network output (x0 estimate) of the current call
@@ -177,7 +178,8 @@ class PlanBuilder:
             return Lin()
         u = self.corrections[len(self.steps)]
         if start + n > len(u):
-            raise ValueError(f"call {len(self.steps)}: {len(u)} coefficient corrections given, the plan needs more")
+            raise InvalidArgument(f"call {len(self.steps)}: {len(u)} coefficient corrections given, the plan needs "
+                                  "more")
         u = u[start:start + n]
         out = lin_sum(u[k - 1] * (outputs[k] - outputs[0]) for k in range(1, len(outputs)))
         if self.relaxed:
@@ -200,8 +202,8 @@ class PlanBuilder:
                             and lin.terms[cols[src[0]]] == 1.0)
             rows.append(torch.stack([as_time(lin.terms[c]) if c in lin.terms else zero for c in cols]))
         if self.corrections is not None and len(self.corrections[len(self.steps)]) != self._used:
-            raise ValueError(f"call {len(self.steps)}: {len(self.corrections[len(self.steps)])} coefficient "
-                             f"corrections given, the plan takes {self._used}")
+            raise InvalidArgument(f"call {len(self.steps)}: {len(self.corrections[len(self.steps)])} coefficient "
+                                  f"corrections given, the plan takes {self._used}")
         self.free.append(self._used)
         self.steps.append(Step(self._input, self.registers, tuple(new), tuple(sources),
                                torch.stack(rows), tuple(identity)))
@@ -214,7 +216,8 @@ class PlanBuilder:
         if self.registers != ("x",):
             raise RuntimeError(f"{self.solver}: plan must end with the single register 'x', has {self.registers}")
         if self.corrections is not None and len(self.corrections) != len(self.steps):
-            raise ValueError(f"{len(self.corrections)} lists of coefficient corrections for {len(self.steps)} calls")
+            raise InvalidArgument(f"{len(self.corrections)} lists of coefficient corrections for {len(self.steps)} "
+                                  "calls")
         return Plan(self.t, self.t_eval, tuple(self.steps), self.solver, self.order, self.options, tuple(self.free))
 
 

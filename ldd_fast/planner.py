@@ -16,7 +16,13 @@
    LD3's teacher pairs and checkpoints as safetensors: resumable, never pickled).
 5. The winner is run for real (lf.bench on its backend) and its measured latency is compared with the
    prediction. `out` receives the chosen schedule, the table (Markdown and JSON) and a quality-vs-latency
-   plot with the Pareto front.
+   plot with the Pareto front. Every row's schedule names the solver, order and options it was scored with
+   (a hand-made schedule fits any solver of its layout, so without them `ldd-fast sample --schedule` would
+   run its default solver on the winner's times): the saved schedule.json runs what the plan measured, and a
+   contradicting solver is refused (IncompatibleSchedule).
+Conditions: `select_cond` / `eval_cond` give the selection and held-out rows their own conditions (e.g.
+disjoint prompt sets), else `cond_fn(n)` draws them; the latency timing always uses `cond_fn` (or, without
+one, the rows of select_cond / eval_cond in turn).
 Beside the winner the result names the hand choice a user would make without the planner:
 DPM-Solver++ 2M on the EDM schedule at the largest NFE that fits (`hand_choice`: eager, as lf.Sampler
 runs by default, and on the chosen backend, so that the backend's share of the gain shows).
@@ -24,6 +30,7 @@ runs by default, and on the chosen backend, so that the backend's share of the g
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,11 +39,15 @@ import torch
 
 from . import solvers
 from .bench import bench, default_threads, unavailable
+from .cond import batch_size as cond_rows, digest, is_cond, map_cond
 from .denoiser import Denoiser
+from .errors import (ConditionError, InvalidArgument, InvalidArgumentType, NonFiniteSample, Unavailable, boolean,
+                     callable_or_none, device_of, dtype_of, integer, path_like, positive_number, shape_of, string)
 from .io import atomic_write_text
 from .metrics import rmse
 from .progress import progress
-from .sample import sample
+from .sample import check_finite, plan_for, sample
+from .sampler import DTYPES
 from .schedule import Schedule, discretize, hand_made
 from .teacher import TeacherSpec, make_teacher
 
@@ -127,14 +138,61 @@ def _samples(den, z, sched, solver, order, cond=None):
         return sample(den, z, sched, solver=solver, order=order, cond=cond)
 
 
-def _learned(den, solver, order, nfe, *, kind, cache, shape, show_progress) -> list[Schedule]:
-    """LD3's schedule, or with kind "coefficients" the learned solver and LD3's own round of the same run."""
+def _runnable(den, sched: Schedule, solver: str, order: int) -> Schedule:
+    """sched naming the solver, order, variant and lower_order_final it runs with here (what the plan scores).
+
+    Each option is written as resolved, not left to the defaults: lower_order_final's default depends on the
+    step count, and a later default must not change what a saved plan runs. A schedule that already names
+    them (learned ones) is checked by plan_for and returned as it is.
+    """
+    plan = plan_for(den, sched, solver=solver, order=order)
+    made = {"solver": plan.solver, "order": plan.order, "variant": plan.options.get("variant"),
+            "lower_order_final": plan.options.get("lower_order_final")}
+    missing = {k: v for k, v in made.items() if v is not None and getattr(sched, k) is None}
+    return sched.replace(**missing) if missing else sched
+
+
+def _solver_fields(sched: Schedule) -> dict:
+    return {"variant": sched.variant, "lower_order_final": sched.lower_order_final,
+            "coefficients": sched.coefficients is not None}
+
+
+def _learned(den, solver, order, nfe, *, kind, cache, shape, show_progress, cond=None) -> list[Schedule]:
+    """LD3's schedule, or with kind "coefficients" the learned solver and LD3's own round of the same run.
+
+    cond: the selection rows' conditions; lf.learn splits them between its training and validation pairs
+    (teacher.pair_conditions: any number of rows). They are part of the cache folder's name: a run over
+    other prompts is a new run, not a checkpoint of another run refused on resume.
+    """
     from .learn import learn
 
-    folder = os.path.join(cache, den.fingerprint()[:16], f"{solver}{order}_nfe{nfe}_{kind}")
+    name = f"{solver}{order}_nfe{nfe}_{kind}" + ("" if cond is None else f"_cond{digest(cond)[:12]}")
+    folder = os.path.join(cache, den.fingerprint()[:16], name)
     res = learn(den, solver=solver, order=order, nfe=nfe, shape=shape, out=folder, resume=True, init="best",
-                coefficients=kind == "coefficients", show_progress=show_progress)
+                coefficients=kind == "coefficients", cond=cond, show_progress=show_progress)
     return [res.schedule] + ([res.ld3_schedule] if res.ld3_schedule is not None else [])
+
+
+def _conditions(den, cond, n: int, name: str, count: str):
+    """cond checked as every executor checks it, with `n` rows; the error names the planner's argument.
+    Not a condition at all is a wrong type (InvalidArgumentType); a condition that does not fit (rows,
+    labels, values) is a ConditionError."""
+    if cond is None:
+        return None
+    if not is_cond(cond):
+        raise InvalidArgumentType(f"{name} must be a condition per {count} row (a tensor, or a tuple / dict of "
+                                  f"tensors, {count}={n} rows each), got {type(cond).__name__}")
+    try:
+        den.check_cond(cond, n)
+    except ConditionError as e:
+        raise ConditionError(f"{name} must hold one condition per {count} row ({count}={n}): {e}") from None
+    return cond
+
+
+def _cycled(cond):
+    """cond_fn(batch) cycling over the rows of cond (the latency timing's conditions when no cond_fn is given)."""
+    rows = cond_rows(cond)
+    return lambda batch: map_cond(lambda c: c[torch.arange(batch, device=c.device) % rows], cond)
 
 
 def plan_sampler(den: Denoiser, *, budget_ms: float, batch: int = 1, max_nfe: int = 10, candidates=CANDIDATES,
@@ -142,7 +200,7 @@ def plan_sampler(den: Denoiser, *, budget_ms: float, batch: int = 1, max_nfe: in
                  n_select: int = 64, n_eval: int = 128, teacher_steps: int = 50, metrics=None, cache: str | None = None,
                  out: str | None = None, device=None, threads: int | None = None, dtype=None, cond_fn=None,
                  sample_shape=None, repeats: int = 10, latency: dict | None = None,
-                 show_progress: bool = True) -> PlanResult:
+                 show_progress: bool = True, select_cond=None, eval_cond=None) -> PlanResult:
     """The best sampler of `den` under `budget_ms` per call of `batch` samples on this device (module docstring).
 
     learn: "none" (hand-made schedules only), "ld3" or "coefficients" (also LD3 / the learned solver for the
@@ -151,24 +209,70 @@ def plan_sampler(den: Denoiser, *, budget_ms: float, batch: int = 1, max_nfe: in
     built-in models), or None. out: folder for plan.json, plan.md, plan.png and the chosen schedule.json.
     latency: a latency model from an earlier plan on this device and batch (result.latency_model), to plan
     other budgets without timing again.
+    cond_fn(n) -> n conditions (a tensor or a tuple / dict of tensors) for a conditional model: the latency
+    timing's, and the selection's and held-out rows' unless select_cond / eval_cond are given.
+    select_cond, eval_cond: the conditions of the n_select selection rows and of the n_eval held-out rows,
+    one row each (e.g. den.encode_prompt(prompts) of two disjoint prompt sets, so that no choice is made on
+    a held-out prompt). The selection conditions also serve learning (learn != "none": lf.learn splits
+    them between its training and validation pairs). Without cond_fn the timing cycles over select_cond's
+    rows (else eval_cond's).
+    The result's `schedule` (and out/schedule.json) names the chosen solver, order and options: run it with
+    `lf.sample(den, z, result.schedule)` or `ldd-fast sample --schedule out/schedule.json`, no --solver needed.
     """
     if not isinstance(den, Denoiser):
-        raise TypeError(f"expected an ldd_fast Denoiser, got {type(den).__name__}")
-    if not (isinstance(budget_ms, (int, float)) and budget_ms > 0 and budget_ms == budget_ms):
-        raise ValueError(f"budget_ms must be a positive number, got {budget_ms!r}")
-    if not (isinstance(batch, int) and batch >= 1 and isinstance(max_nfe, int) and max_nfe >= 1):
-        raise ValueError(f"need batch >= 1 and max_nfe >= 1, got {batch}, {max_nfe}")
+        raise InvalidArgumentType(f"expected an ldd_fast Denoiser, got {type(den).__name__}")
+    # Every argument before anything is timed or learned.
+    if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)):
+        raise InvalidArgumentType(f"budget_ms must be a positive number, got {type(budget_ms).__name__}")
+    if not (budget_ms > 0 and math.isfinite(budget_ms)):
+        raise InvalidArgument(f"budget_ms must be a positive number, got {budget_ms!r}")
+    integer(batch, "batch")
+    integer(max_nfe, "max_nfe")
+    if not (batch >= 1 and max_nfe >= 1):
+        raise InvalidArgument(f"need batch >= 1 and max_nfe >= 1, got {batch}, {max_nfe}")
+    string(learn, "learn")
     if learn not in LEARN:
-        raise ValueError(f"learn must be one of {LEARN}, got {learn!r}")
-    if learn != "none" and cache is None:
-        raise ValueError("learned schedules are cached by model fingerprint: pass cache=<folder>")
+        raise InvalidArgument(f"learn must be one of {LEARN}, got {learn!r}")
+    if not isinstance(candidates, (tuple, list)) or not candidates or not all(
+            isinstance(c, (tuple, list)) and len(c) == 2 for c in candidates):
+        raise InvalidArgumentType(f"candidates must be a non-empty list of (solver, order) pairs, got "
+                                  f"{candidates!r:.60}")
     for solver, order in candidates:
         solvers.resolve_order(solvers.get_solver(solver), order)
+    if not isinstance(backends, (tuple, list)) or not all(isinstance(b, str) for b in backends):
+        raise InvalidArgumentType(f"backends must be a list of backend names, got {backends!r:.60}")
+    integer(learn_top, "learn_top", 1)
+    positive_number(learn_seconds, "learn_seconds")
+    for name, v in (("n_select", n_select), ("n_eval", n_eval), ("teacher_steps", teacher_steps),
+                    ("repeats", repeats)):
+        integer(v, name, 1)
+    if metrics is not None and not callable(getattr(metrics, "fd", None)):
+        raise InvalidArgumentType(f"metrics must have .fd(x) -> {{'fd': float}} (e.g. ldd_fast.metrics.DigitsMetrics), "
+                                  f"got {type(metrics).__name__}")
+    cache = None if cache is None else path_like(cache, "cache")
+    out = None if out is None else path_like(out, "out")
+    if learn != "none" and cache is None:
+        raise InvalidArgument("learned schedules are cached by model fingerprint: pass cache=<folder>")
+    device = device_of(device)
+    threads = None if threads is None else integer(threads, "threads", 1)
+    if dtype is not None:
+        dtype_of(dtype, "dtype", DTYPES)
+    callable_or_none(cond_fn, "cond_fn")
+    if latency is not None and not isinstance(latency, dict):
+        raise InvalidArgumentType(f"latency must be a latency model {{backend: {{'overhead_ms', 'per_call_ms'}}}} "
+                                  f"(result.latency_model) or None, got {type(latency).__name__}")
+    boolean(show_progress, "show_progress")
+    select_cond = _conditions(den, select_cond, n_select, "select_cond", "n_select")
+    eval_cond = _conditions(den, eval_cond, n_eval, "eval_cond", "n_eval")
+    if cond_fn is None and (select_cond is not None or eval_cond is not None):
+        cond_fn = _cycled(select_cond if select_cond is not None else eval_cond)
+    if sample_shape is not None:
+        shape_of(sample_shape, "sample_shape")
     shape = tuple(sample_shape or getattr(den, "sample_shape", None) or ())
     if not shape:
-        raise ValueError("this model does not say its sample shape: pass sample_shape=(C, H, W)")
+        raise InvalidArgument("this model does not say its sample shape: pass sample_shape=(C, H, W)")
     params = list(den.parameters())
-    device = torch.device(device) if device is not None else (params[0].device if params else torch.device("cpu"))
+    device = device if device is not None else (params[0].device if params else torch.device("cpu"))
     threads = default_threads() if threads is None else threads
     backends = tuple(b for b in backends if b not in unavailable(backends, device)) or ("eager",)
     t_start = time.perf_counter()
@@ -176,29 +280,34 @@ def plan_sampler(den: Denoiser, *, budget_ms: float, batch: int = 1, max_nfe: in
     if latency is not None:
         if not (isinstance(latency, dict) and latency and all(
                 isinstance(m, dict) and {"overhead_ms", "per_call_ms"} <= set(m) for m in latency.values())):
-            raise ValueError("latency: a latency model {backend: {'overhead_ms', 'per_call_ms'}} "
-                             "(result.latency_model)")
+            raise InvalidArgument("latency: a latency model {backend: {'overhead_ms', 'per_call_ms'}} "
+                                  "(result.latency_model)")
         model, skipped = {b: m for b, m in latency.items() if b in backends}, []
     else:
         model, skipped = latency_model(den, backends=backends, batch=batch, device=device, threads=threads,
                                        dtype=dtype, cond_fn=cond_fn, sample_shape=shape, repeats=repeats,
                                        show_progress=show_progress)
     if not model:
-        raise RuntimeError(f"no backend could be timed on {device}: {skipped}")
+        raise Unavailable(f"no backend could be timed on {device}: {skipped}")
     fits = [(s, o, n) for s, o in candidates for n in _nfes(s, max_nfe) if _predict(model, n)[1] <= budget_ms]
     if not fits:
         fastest = min(_predict(model, 1)[1], _predict(model, 2)[1])
-        raise ValueError(f"no sampler fits {budget_ms:g} ms at batch {batch} here: one network call alone is predicted "
-                         f"at {fastest:.2f} ms (per-call ms by backend: "
-                         f"{json.dumps({k: round(v['per_call_ms'], 3) for k, v in model.items()})})")
+        raise InvalidArgument(f"no sampler fits {budget_ms:g} ms at batch {batch} here: one network call alone is "
+                              f"predicted at {fastest:.2f} ms (per-call ms by backend: "
+                              f"{json.dumps({k: round(v['per_call_ms'], 3) for k, v in model.items()})})")
 
     spec = TeacherSpec.default_for(den.noise)
     spec = TeacherSpec(solver=spec.solver, order=spec.order, nfe=teacher_steps, kind=spec.kind,
                        lower_order_final=spec.lower_order_final)
-    cond_sel = None if cond_fn is None else cond_fn(n_select)
-    cond_rep = None if cond_fn is None else cond_fn(n_eval)
+    cond_sel = select_cond if select_cond is not None else None if cond_fn is None else cond_fn(n_select)
+    cond_rep = eval_cond if eval_cond is not None else None if cond_fn is None else cond_fn(n_eval)
+    # The candidates run on `device` with these as given (make_teacher moves its own batches).
+    cond_sel = None if cond_sel is None else map_cond(lambda c: c.to(device), cond_sel)
+    cond_rep = None if cond_rep is None else map_cond(lambda c: c.to(device), cond_rep)
     sel = make_teacher(den, shape, n_select, spec=spec, seed=SELECT_SEED, cond=cond_sel, show_progress=show_progress)
     rep = make_teacher(den, shape, n_eval, spec=spec, seed=REPORT_SEED, cond=cond_rep, show_progress=show_progress)
+    # A model that returns NaN would fail every candidate below; name it here, as lf.sample does.
+    check_finite(sel.y, f"the planner's reference samples ({spec.solver}{spec.order}, {teacher_steps} steps)")
     z_sel, y_sel = sel.z.to(device), sel.y.to(device)
     z_rep, y_rep = rep.z.to(device), rep.y.to(device)
 
@@ -214,9 +323,10 @@ def plan_sampler(den: Denoiser, *, budget_ms: float, batch: int = 1, max_nfe: in
             continue
         kind = min(scores, key=lambda k: scores[k][0])
         backend, predicted = _predict(model, nfe)
-        rows.append({"solver": f"{solver}{order}", "solver_name": solver, "order": order, "nfe": nfe,
-                     "schedule": kind, "backend": backend, "predicted_ms": predicted, "rmse_select": scores[kind][0],
-                     "_schedule": scores[kind][1]})
+        sched = _runnable(den, scores[kind][1], solver, order)
+        rows.append({"solver": f"{solver}{order}", "solver_name": solver, "order": order, **_solver_fields(sched),
+                     "nfe": nfe, "schedule": kind, "backend": backend, "predicted_ms": predicted,
+                     "rmse_select": scores[kind][0], "_schedule": sched})
 
     if learn != "none":
         spent = 0.0
@@ -229,27 +339,33 @@ def plan_sampler(den: Denoiser, *, budget_ms: float, batch: int = 1, max_nfe: in
             t0 = time.perf_counter()
             try:
                 learned = _learned(den, r["solver_name"], r["order"], r["nfe"], kind=learn, cache=cache, shape=shape,
-                                   show_progress=show_progress)
+                                   show_progress=show_progress, cond=cond_sel)
             except Exception as e:  # noqa: BLE001
                 skipped.append({"what": f"learning {r['solver']} nfe {r['nfe']}", "reason": f"{type(e).__name__}: {e}"})
                 continue
             spent += time.perf_counter() - t0
             for sched in learned:
+                sched = _runnable(den, sched, r["solver_name"], r["order"])
                 score = rmse(_samples(den, z_sel, sched, r["solver_name"], r["order"], cond_sel), y_sel).mean().item()
-                rows.append({**r, "schedule": sched.origin, "rmse_select": score, "_schedule": sched})
+                rows.append({**r, **_solver_fields(sched), "schedule": sched.origin, "rmse_select": score,
+                             "_schedule": sched})
 
+    if not rows:
+        raise NonFiniteSample(f"no candidate sampler gave finite samples: {json.dumps(skipped)}")
     for r in rows:
         x = _samples(den, z_rep, r["_schedule"], r["solver_name"], r["order"], cond_rep)
         r["rmse"] = rmse(x, y_rep).mean().item()
         r["fd"] = metrics.fd(x.cpu())["fd"] if metrics is not None else None
     chosen = min(rows, key=lambda r: r["rmse_select"])
     sched = chosen["_schedule"]
+    # No solver passed: the schedule's own is what is timed, as `ldd-fast sample --schedule` will run it.
     measured = bench(den, {"plan": sched}, backends=(chosen["backend"],), batches=(batch,), dtype=dtype,
-                     threads=threads, device=device, solver=chosen["solver_name"], order=chosen["order"],
-                     repeats=repeats, warmup=2, cond_fn=cond_fn, sample_shape=shape, show_progress=False)
+                     threads=threads, device=device, repeats=repeats, warmup=2, cond_fn=cond_fn, sample_shape=shape,
+                     show_progress=False)
     measured_ms = measured.rows[0]["sampler_ms"]["median"] if measured.rows else float("nan")
     best = {k: v for k, v in chosen.items() if not k.startswith("_")}
-    best.update(budget_ms=float(budget_ms), batch=batch, measured_ms=measured_ms,
+    best.update(budget_ms=float(budget_ms), batch=batch, dtype=str(dtype or torch.float32).replace("torch.", ""),
+                threads=threads, device=str(device), measured_ms=measured_ms,
                 prediction_error=measured_ms / chosen["predicted_ms"] - 1, seconds=time.perf_counter() - t_start)
 
     hand = []  # the hand choice, eager (what a user runs without the planner) and on the chosen backend
@@ -282,7 +398,7 @@ def plan_sampler(den: Denoiser, *, budget_ms: float, batch: int = 1, max_nfe: in
         try:
             from .plots import plot_plan
 
-            plot_plan(result, os.path.join(out, "plan.png"))
+            plot_plan(result, os.path.join(out, "plan.png"), model=den)
         except ImportError:
             pass
     return result

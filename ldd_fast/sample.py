@@ -1,12 +1,15 @@
 """The eager executor: the reference every fast path is compared with, autograd-capable."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.utils.checkpoint
 
 from . import solvers
 from .denoiser import Denoiser, _all_finite, check_state
-from .errors import IncompatibleSchedule, NonFiniteSample, ScheduleError
+from .errors import (ConditionError, ForcedSchedule, IncompatibleSchedule, InvalidArgument, InvalidArgumentType,
+                     NonFiniteSample, ScheduleError, boolean)
 from .plan import Plan, combine
 from .schedule import Schedule
 
@@ -15,23 +18,27 @@ def plan_for(den: Denoiser, schedule: Schedule, *, solver: str | None = None, or
              force: bool = False, final: str | None = None, lower_order_final: bool | None = None,
              variant: str | None = None) -> Plan:
     """Check that `schedule` fits this model and solver, and compile it into a Plan."""
+    # Types first: "no" for lower_order_final would compare unequal to the schedule's and pass with force.
+    solvers.check_option_types(final=final, lower_order_final=lower_order_final, variant=variant)
+    boolean(force, "force")
     if not isinstance(den, Denoiser):
-        raise TypeError(f"expected an ldd_fast Denoiser (wrap your network with lf.Denoiser), got {type(den).__name__}")
+        raise InvalidArgumentType("expected an ldd_fast Denoiser (wrap your network with lf.Denoiser), got "
+                                  f"{type(den).__name__}")
     if not isinstance(schedule, Schedule):
-        raise TypeError(f"expected an lf.Schedule (from lf.discretize, lf.learn or lf.Schedule.load), "
-                        f"got {type(schedule).__name__}")
-    solver = solver or schedule.solver
+        raise InvalidArgumentType(f"expected an lf.Schedule (from lf.discretize, lf.learn or lf.Schedule.load), "
+                                  f"got {type(schedule).__name__}")
+    solver = schedule.solver if solver is None else solver
     if solver is None:
-        raise ValueError("this schedule was not made for one solver: pass solver=... "
-                         f"(one of {', '.join(solvers.SOLVERS)})")
+        raise InvalidArgument("this schedule was not made for one solver: pass solver=... "
+                              f"(one of {', '.join(solvers.SOLVERS)})")
     spec = solvers.get_solver(solver)
     if final is not None and final != schedule.final:
-        raise ValueError(f"final={final!r} differs from the schedule's final={schedule.final!r}: the final time "
-                         f"is part of the schedule (lf.discretize(..., final=...))")
+        raise InvalidArgument(f"final={final!r} differs from the schedule's final={schedule.final!r}: the final time "
+                              f"is part of the schedule (lf.discretize(..., final=...))")
     if not solvers.layout_matches(solver, schedule.t.numel(), schedule.nfe):
-        raise ValueError(f"a schedule of {schedule.t.numel()} times and {schedule.nfe} calls ({schedule.layout} "
-                         f"layout) cannot run solver {solver!r} ({spec.layout} layout); make one with "
-                         f"lf.discretize(noise, nfe, kind, solver={solver!r})")
+        raise InvalidArgument(f"a schedule of {schedule.t.numel()} times and {schedule.nfe} calls ({schedule.layout} "
+                              f"layout) cannot run solver {solver!r} ({spec.layout} layout); make one with "
+                              f"lf.discretize(noise, nfe, kind, solver={solver!r})")
     mismatch = []
     if schedule.solver is not None and schedule.solver != solver:
         mismatch.append(f"solver {schedule.solver!r} (asked: {solver!r})")
@@ -73,6 +80,8 @@ def plan_for(den: Denoiser, schedule: Schedule, *, solver: str | None = None, or
     if mismatch and not force:
         raise IncompatibleSchedule("the schedule was made for " + "; ".join(mismatch)
                                    + ". Pass force=True to use it anyway.")
+    if mismatch:
+        warnings.warn("force=True: running a schedule made for " + "; ".join(mismatch), ForcedSchedule, stacklevel=3)
     if force and schedule.noise != den.noise:
         # force takes the model's noise schedule; the times must still lie in its range.
         try:
@@ -94,7 +103,7 @@ def check_noise(z, cond=None, den: Denoiser | None = None, *, values: bool = Tru
         den.check_cond(cond, z.shape[0], values=values)
     elif cond is not None and (not isinstance(cond, torch.Tensor) or cond.dim() == 0 or cond.shape[0] != z.shape[0]):
         shape = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
-        raise ValueError(f"cond must be a tensor with one entry per sample ({z.shape[0]}), got {shape}")
+        raise ConditionError(f"cond must be a tensor with one entry per sample ({z.shape[0]}), got {shape}")
 
 
 def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
@@ -119,8 +128,17 @@ def run_plan(plan: Plan, den: Denoiser, z: torch.Tensor, cond=None, *, checkpoin
     model needs the memory of about one call.
     trace: a list that receives (network input register, D) of every call, in call order (the
     trajectory of a fine solver, as GITS needs: ldd_fast.baselines).
+    dtypes: as lf.sample (the solver in z's dtype, float32 or float64; the network in its own).
     """
+    if not isinstance(plan, Plan):
+        raise InvalidArgumentType(f"plan must be an lf.Plan (lf.plan_for), got {type(plan).__name__}")
+    if not isinstance(den, Denoiser):
+        raise InvalidArgumentType(f"expected an ldd_fast Denoiser, got {type(den).__name__}")
     check_noise(z, cond, den)
+    check_solver_dtype(z)
+    boolean(checkpoint, "checkpoint")
+    if trace is not None and not isinstance(trace, list):
+        raise InvalidArgumentType(f"trace must be a list or None, got {type(trace).__name__}")
     x = z * den.noise.prior_scale
     t_net, affines = call_tables(den, plan, den.guided(cond))
     dtype, device = x.dtype, x.device
@@ -155,14 +173,39 @@ def sample(den: Denoiser, z: torch.Tensor, schedule: Schedule, *, solver: str | 
     """Run a deterministic ODE solver on `schedule` from unit-normal noise z; returns the x0 sample.
 
     z is multiplied by the noise schedule's prior scale (sigma_max for EDM, 1 for VP).
-    The computation runs in z's dtype (plan coefficients are cast once) and supports autograd.
+    The solver runs in z's dtype, float32 or float64 (plan coefficients are cast once), and supports
+    autograd; a float16 / bfloat16 z is refused (use lf.Sampler(..., dtype=...) for half precision). The
+    network runs in its own dtype: its input is cast to the dtype of its parameters and its output back
+    to z's (one cast each per call, the same boundary as the exported graph's).
     options: lower_order_final, variant, final (must match the schedule's).
     Raises NonFiniteSample when z or the sample holds NaN / inf, and ConditionError when cond does
     not fit the model (lf.Sampler checks these only with check_finite=True: the checks read the data).
     """
-    unknown = set(options) - {"lower_order_final", "variant", "final"}
-    if unknown:
-        raise TypeError(f"unknown sampler option(s) {sorted(unknown)}; known: final, lower_order_final, variant")
-    plan = plan_for(den, schedule, solver=solver, order=order, force=force, **options)
-    check_finite(check_state(z) or z, "the noise z")
+    plan = plan_for(den, schedule, solver=solver, order=order, force=force, **sampler_options(options))
+    check_state(z)
+    check_solver_dtype(z)
+    check_finite(z, "the noise z")
     return check_finite(run_plan(plan, den, z, cond), f"the sample ({plan.solver}{plan.order}, nfe {plan.nfe})")
+
+
+SAMPLER_OPTIONS = ("final", "lower_order_final", "variant")
+
+
+def sampler_options(options: dict) -> dict:
+    """The **options of lf.sample, lf.Sampler and the exporters: only the solver options, of the right types."""
+    unknown = set(options) - set(SAMPLER_OPTIONS)
+    if unknown:
+        raise InvalidArgumentType(f"unknown sampler option(s) {sorted(unknown)}; known: {', '.join(SAMPLER_OPTIONS)}")
+    solvers.check_option_types(**options)
+    return options
+
+
+def check_solver_dtype(z: torch.Tensor) -> None:
+    """lf.sample and run_plan compute the solver in z's dtype: float32 or float64. In float16 / bfloat16 the
+    coefficients and every register would keep 2 to 3 significant digits at each step, which is not a
+    reference; the network itself runs in its own dtype whatever z's (Denoiser.net_call)."""
+    if z.dtype not in (torch.float32, torch.float64):
+        raise InvalidArgumentType(
+            f"z has dtype {z.dtype}: lf.sample (and run_plan) run the solver in z's dtype and take float32 or float64 "
+            f"noise. Pass z.float() (a half-precision network still runs in its own dtype), or sample in half "
+            f"precision with lf.Sampler(den, schedule, dtype={z.dtype}) and the network cast to {z.dtype}")

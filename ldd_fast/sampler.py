@@ -4,8 +4,8 @@
     x0 = fast(z, cond=None)
 
 Building does all the planning: `plan_for` (every schedule / model / solver check),
-`fold` (the model-output conversion and the guidance weights inside the linear maps,
-for the unguided plan and, when den.guidance_scale != 1, the guided one), `lower`
+`fold` (the model-output conversion and, when den.guidance_scale != 1, the guidance
+weights inside the linear maps; a guided model is always called with a cond), `lower`
 (below), and the one cast of every table to the device and accumulation dtype.
 Calling does no planning, no Python branch on tensor values and no host-device
 synchronisation: it walks a fixed list of network calls and updates.
@@ -43,10 +43,10 @@ import torch
 from torch import nn
 
 from .cond import is_cond, leaves, map_cond, same_structure, structure
-from .denoiser import Denoiser, expand_null, halves
-from .errors import ConditionError
+from .denoiser import Denoiser, expand_null, halves, network_dtype
+from .errors import ConditionError, InvalidArgument, InvalidArgumentType, Unavailable, boolean, device_of
 from .plan import FoldedPlan, Plan, fold
-from .sample import check_finite, check_noise, plan_for
+from .sample import check_finite, check_noise, plan_for, sampler_options
 from .schedule import Schedule
 
 BACKENDS = ("eager", "triton", "cuda_graph", "compile")
@@ -210,8 +210,10 @@ class Sampler:
         solver, order, **options: as lf.sample (final, lower_order_final, variant).
         backend: "eager" | "triton" | "cuda_graph" | "compile".
         dtype: the working dtype of the registers and the network input (float32, float16,
-            bfloat16, float64); default float32. Calling with another dtype is an error: the
-            tables are cast once, here. The network must accept this dtype.
+            bfloat16, float64); default float32 (updates accumulate in float32, or float64 for
+            float64). Calling with a z of another dtype is an error: the tables are cast once, here.
+            The network runs in this dtype too, without a per-call cast: a network whose parameters
+            have another dtype is refused here (cast it, e.g. den.net.half(), or pass its dtype).
         device: where the tables live; default the device of the network's parameters (CPU
             for a parameterless network). Calling with z elsewhere is an error.
         check_finite: also check, on every call, that z and the sample are finite (NonFiniteSample)
@@ -224,20 +226,23 @@ class Sampler:
     def __init__(self, den: Denoiser, schedule: Schedule, *, solver: str | None = None, order: int | None = None,
                  backend: str = "eager", dtype: torch.dtype | None = None, device=None, force: bool = False,
                  check_finite: bool = False, **options):
-        unknown = set(options) - {"lower_order_final", "variant", "final"}
-        if unknown:
-            raise TypeError(f"unknown sampler option(s) {sorted(unknown)}; known: final, lower_order_final, variant")
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-        if not isinstance(check_finite, bool):
-            raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
-        self.check_finite = check_finite
+        if not isinstance(backend, str) or backend not in BACKENDS:
+            error = InvalidArgument if isinstance(backend, str) else InvalidArgumentType
+            raise error(f"unknown backend {backend!r:.40}; expected one of {BACKENDS}")
+        self.check_finite = boolean(check_finite, "check_finite")
         dtype = torch.float32 if dtype is None else dtype
-        if dtype not in DTYPES:
-            raise TypeError(f"dtype must be one of {[str(d) for d in DTYPES]}, got {dtype}")
-        self.plan = plan_for(den, schedule, solver=solver, order=order, force=force, **options)
+        if not isinstance(dtype, torch.dtype) or dtype not in DTYPES:
+            raise InvalidArgumentType(f"dtype must be one of {[str(d) for d in DTYPES]}, got {dtype!r:.40}")
+        device = device_of(device)
+        self.plan = plan_for(den, schedule, solver=solver, order=order, force=force, **sampler_options(options))
+        net_dtype = network_dtype(den.net)
+        if net_dtype is not None and net_dtype != dtype:
+            # The fast path feeds the network its registers as they are: no per-call cast (lf.sample casts).
+            raise InvalidArgumentType(
+                f"dtype={dtype} is what this Sampler feeds its network, but the network's parameters are {net_dtype}: "
+                f"pass dtype={net_dtype}, or cast the network first (den.net.to({dtype}))")
         self.den, self.backend, self.dtype = den, backend, dtype
-        self.device = torch.device(device) if device is not None else _model_device(den)
+        self.device = device if device is not None else _model_device(den)
         if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.acc_dtype = _acc_dtype(dtype)
@@ -246,19 +251,20 @@ class Sampler:
             self._kernels = _load_kernels(self.device, backend)
         elif backend == "cuda_graph":
             if self.device.type != "cuda" or not torch.cuda.is_available():
-                raise RuntimeError(f"backend='cuda_graph' captures CUDA graphs and needs a CUDA device; the sampler's "
-                                   f"device is {self.device}"
-                                   f"{'' if torch.cuda.is_available() else ' and this machine has no CUDA'}. "
-                                   f"Use backend='eager' or backend='compile' (or 'triton' on a GPU).")
+                raise Unavailable(f"backend='cuda_graph' captures CUDA graphs and needs a CUDA device; the sampler's "
+                                  f"device is {self.device}"
+                                  f"{'' if torch.cuda.is_available() else ' and this machine has no CUDA'}. "
+                                  f"Use backend='eager' or backend='compile' (or 'triton' on a GPU).")
             # The graph replays fused Triton updates when triton can run here, else torch updates.
             try:
                 self._kernels = _load_kernels(self.device, backend)
             except RuntimeError:
                 self._kernels = None
         self.update_impl = "triton" if self._kernels is not None else "torch"
-        self.programs = {False: self._build(fold(self.plan, den, guided=False), False)}
-        if den.guidance_scale != 1.0:
-            self.programs[True] = self._build(fold(self.plan, den, guided=True), True)
+        # One program: a guided model refuses cond=None (check_noise), so it never runs unguided.
+        self.guided = den.guidance_scale != 1.0
+        self.programs = {self.guided: self._build(fold(self.plan, den, guided=self.guided), self.guided)}
+        if self.guided:
             # Placed once: a per-call host-to-device copy would sync.
             self._null = map_cond(lambda c: c.to(self.device), den.null_cond)
             self._null_by_dtype = {}
@@ -288,12 +294,12 @@ class Sampler:
         return (f"Sampler({self.plan.solver}, order={self.plan.order}, nfe={self.plan.nfe}, backend={self.backend!r}"
                 f" ({self.update_impl} updates), dtype={self.dtype}, device={self.device}, "
                 f"{self.launches_per_call()} updates per call, {sum(len(c.aliases) for c in prog.calls)} aliased "
-                f"copies, guided={'yes' if True in self.programs else 'no'})")
+                f"copies, guided={'yes' if self.guided else 'no'})")
 
-    def program(self, guided: bool = False) -> Program:
-        return self.programs[guided]["program"]
+    def program(self, guided: bool | None = None) -> Program:
+        return self.programs[self.guided if guided is None else guided]["program"]
 
-    def launches_per_call(self, guided: bool = False) -> int:
+    def launches_per_call(self, guided: bool | None = None) -> int:
         """Fused-update launches per sampler call: one per network call, plus the prologue if any."""
         return sum(1 for u in self.program(guided).updates if u.dsts)
 
@@ -303,17 +309,17 @@ class Sampler:
         on_host = cond is None or not is_cond(cond) or all(c.device.type == "cpu" for c in leaves(cond))
         check_noise(z, cond, self.den, values=self.check_finite or on_host)
         if z.dtype != self.dtype:
-            raise TypeError(f"z has dtype {z.dtype}, but this Sampler was built for {self.dtype} (its tables are "
-                            f"cast once when it is built): pass z.to({self.dtype}) or build a Sampler with "
-                            f"dtype={z.dtype}")
+            raise InvalidArgumentType(f"z has dtype {z.dtype}, but this Sampler was built for {self.dtype} (its tables "
+                                      f"are cast once when it is built): pass z.to({self.dtype}) or build a Sampler "
+                                      f"with dtype={z.dtype}")
         if z.device != self.device:
-            raise ValueError(f"z is on {z.device}, but this Sampler's tables are on {self.device}: move z, or "
-                             f"build the Sampler with device={str(z.device)!r}")
+            raise InvalidArgument(f"z is on {z.device}, but this Sampler's tables are on {self.device}: move z, or "
+                                  f"build the Sampler with device={str(z.device)!r}")
         if self.sample_shape is None:
             self.sample_shape = tuple(z.shape[1:])
         elif tuple(z.shape[1:]) != self.sample_shape:
-            raise ValueError(f"z has sample shape {tuple(z.shape[1:])}, but this Sampler was first called with "
-                             f"{self.sample_shape}; build another Sampler for another sample shape")
+            raise InvalidArgument(f"z has sample shape {tuple(z.shape[1:])}, but this Sampler was first called with "
+                                  f"{self.sample_shape}; build another Sampler for another sample shape")
 
     def __call__(self, z: torch.Tensor, cond=None) -> torch.Tensor:
         self._check(z, cond)
@@ -369,7 +375,7 @@ class Sampler:
         if not guided:
             return lambda x, i: den.net_call(x, t_net[i], cond)
         if not den._net_takes_cond:
-            raise TypeError(f"cond was given but {type(den.net).__name__} takes no condition argument")
+            raise InvalidArgumentType(f"cond was given but {type(den.net).__name__} takes no condition argument")
         # Denoiser.net_call's guided branch, with the [x, x] batch already written by the update.
         return lambda x, i: halves(den.net(x, t_net[i].expand(x.shape[0]), cond), x)
 
@@ -539,9 +545,9 @@ def _load_kernels(device: torch.device, backend: str):
     try:
         import ldd_fast.kernels as kernels
     except ImportError as e:
-        raise RuntimeError(f"backend={backend!r} needs the fused Triton update (ldd_fast.kernels), which cannot be "
-                           f"imported ({e}); install the [triton] extra. {alternatives}") from e
+        raise Unavailable(f"backend={backend!r} needs the fused Triton update (ldd_fast.kernels), which cannot be "
+                          f"imported ({e}); install the [triton] extra. {alternatives}") from e
     reason = kernels.available(device)
     if reason is not None:
-        raise RuntimeError(f"backend={backend!r} cannot run the fused Triton update here: {reason}. {alternatives}")
+        raise Unavailable(f"backend={backend!r} cannot run the fused Triton update here: {reason}. {alternatives}")
     return kernels

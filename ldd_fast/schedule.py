@@ -4,13 +4,13 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import re
 
 import torch
 
 from . import solvers
-from .errors import LddFastError, ScheduleError, finite_number
+from .errors import (InvalidArgument, InvalidArgumentType, LddFastError, ScheduleError, finite_number, path_like,
+                     string)
 from .io import atomic_write_text, read_json
 from .noise import DTYPE, NoiseSchedule, RectifiedFlow, from_description
 
@@ -19,7 +19,7 @@ READ_VERSIONS = (1, 2)
 KINDS = ("time_uniform", "time_quadratic", "logsnr", "edm")
 KIND_ALIASES = {"karras": "edm"}  # k-diffusion's name for the EDM (Karras et al.) schedule
 FLOW_KINDS = ("flowmatch", "flux")  # the flow-matching pipelines' own grids (rectified flows only)
-_RANGE_RTOL = 1e-9
+_RANGE_RTOL = 1e-9  # round trips through lambda may land a hair outside [t_min, t_max]; never above a flow's t = 1
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 FIELDS = ("t", "t_eval", "noise", "final", "solver", "order", "variant", "lower_order_final", "guidance_scale",
           "fingerprint", "coefficients", "coefficient_form", "origin", "metrics", "info")
@@ -319,7 +319,7 @@ class Schedule:
 
     @classmethod
     def load(cls, path) -> "Schedule":
-        path = os.fspath(path)
+        path = path_like(path, "path")
         d = read_json(path, "schedule file", ScheduleError)
         try:
             return cls.from_dict(d)
@@ -369,6 +369,9 @@ def _check_times(t: tuple, te: tuple, noise: NoiseSchedule, final: str) -> None:
             raise ScheduleError(f"field 't': with final='zero' the last time must be 0, got {t[-1]}")
         body = t[:-1]
     lo, hi = noise.t_min * (1 - _RANGE_RTOL), noise.t_max * (1 + _RANGE_RTOL)
+    if isinstance(noise, RectifiedFlow):
+        # Past t = 1 a flow is beyond pure noise (alpha = 1 - t < 0, lambda undefined): no tolerance there.
+        hi = min(hi, 1.0)
     for name, v in (("t", body), ("t_eval", te)):
         for i, x in enumerate(v):
             if not lo <= x <= hi:
@@ -389,9 +392,10 @@ def flux_mu(image_seq_len: int, *, base_image_seq_len: int = 256, max_image_seq_
     for name, v in (("image_seq_len", image_seq_len), ("base_image_seq_len", base_image_seq_len),
                     ("max_image_seq_len", max_image_seq_len)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+            error = InvalidArgument if isinstance(v, int) and not isinstance(v, bool) else InvalidArgumentType
+            raise error(f"{name} must be a positive int, got {v!r:.40}")
     if max_image_seq_len == base_image_seq_len:
-        raise ValueError("max_image_seq_len must differ from base_image_seq_len")
+        raise InvalidArgument("max_image_seq_len must differ from base_image_seq_len")
     m = (finite_number(max_shift, "max_shift") - finite_number(base_shift, "base_shift")) / \
         (max_image_seq_len - base_image_seq_len)
     return float(image_seq_len * m + base_shift - m * base_image_seq_len)
@@ -450,34 +454,37 @@ def discretize(noise: NoiseSchedule, nfe: int, kind: str = "logsnr", *, solver: 
     the last step on sigma = 0 (k-diffusion / diffusers' convention).
     """
     if not isinstance(noise, NoiseSchedule):
-        raise TypeError(f"noise must be a NoiseSchedule, got {type(noise).__name__}")
+        raise InvalidArgumentType(f"noise must be a NoiseSchedule, got {type(noise).__name__}")
+    string(kind, "kind")
     kind = KIND_ALIASES.get(kind, kind)
     if kind not in KINDS + FLOW_KINDS:
-        raise ValueError(f"unknown discretisation kind {kind!r}; expected one of {KINDS + FLOW_KINDS} "
-                         f"(or {', '.join(f'{a} = {k}' for a, k in KIND_ALIASES.items())})")
-    if final not in solvers.FINALS:
-        raise ValueError(f"final must be one of {solvers.FINALS}, got {final!r}")
+        raise InvalidArgument(f"unknown discretisation kind {kind!r}; expected one of {KINDS + FLOW_KINDS} "
+                              f"(or {', '.join(f'{a} = {k}' for a, k in KIND_ALIASES.items())})")
+    string(final, "final", solvers.FINALS)
+    if solver is not None:
+        solvers.get_solver(solver)
     if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
-        raise ValueError(f"rho must be a positive number, got {rho!r}")
+        error = InvalidArgumentType if isinstance(rho, bool) or not isinstance(rho, (int, float)) else InvalidArgument
+        raise error(f"rho must be a positive number, got {rho!r:.40}")
+    shift = None if shift is None else finite_number(shift, "shift")
+    mu = None if mu is None else finite_number(mu, "mu")
     t_end = noise.t_min if t_end is None else finite_number(t_end, "t_end")
     if not noise.t_min <= t_end < noise.t_max:
-        raise ValueError(f"t_end={t_end} must lie in the noise schedule's range [{noise.t_min}, {noise.t_max})")
+        raise InvalidArgument(f"t_end={t_end} must lie in the noise schedule's range [{noise.t_min}, {noise.t_max})")
     if kind in FLOW_KINDS:
         if not isinstance(noise, RectifiedFlow) or not noise.pure_noise_start:
-            raise ValueError(f"kind {kind!r} is a flow-matching pipeline's grid: it needs lf.RectifiedFlow() "
-                             f"(t_max = 1), got {noise!r}")
+            raise InvalidArgument(f"kind {kind!r} is a flow-matching pipeline's grid: it needs lf.RectifiedFlow() "
+                                  f"(t_max = 1), got {noise!r}")
         if kind == "flux" and mu is None:
-            raise ValueError("kind 'flux' needs mu (lf.flux_mu(image_seq_len) computes the pipeline's)")
+            raise InvalidArgument("kind 'flux' needs mu (lf.flux_mu(image_seq_len) computes the pipeline's)")
         if shift is not None and mu is not None:
-            raise ValueError("give shift (a static shift) or mu (dynamic shifting), not both")
-        if mu is not None:
-            mu = finite_number(mu, "mu")
-        else:
-            shift = 1.0 if shift is None else finite_number(shift, "shift")
+            raise InvalidArgument("give shift (a static shift) or mu (dynamic shifting), not both")
+        if mu is None:
+            shift = 1.0 if shift is None else shift
             if shift <= 0:
-                raise ValueError(f"shift must be positive, got {shift}")
+                raise InvalidArgument(f"shift must be positive, got {shift}")
     elif shift is not None or mu is not None:
-        raise ValueError(f"shift and mu belong to the flow kinds {FLOW_KINDS}, not to kind {kind!r}")
+        raise InvalidArgument(f"shift and mu belong to the flow kinds {FLOW_KINDS}, not to kind {kind!r}")
     layout_solver = solver or "euler"
     n = solvers.steps_for_nfe(layout_solver, nfe)
     m = n + 1 if final == "t_min" else n

@@ -11,13 +11,16 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from . import solvers
 from .cond import batch_size as cond_rows, digest, is_cond, leaves, map_cond
 from .denoiser import Denoiser
+from .errors import (ConditionError, InvalidArgument, InvalidArgumentType, boolean, device_of, dtype_of, integer,
+                     shape_of, string)
 from .noise import RectifiedFlow
 from .io import Fields, load_state, save_state
 from .progress import progress
 from .sample import plan_for, run_plan
-from .schedule import discretize
+from .schedule import FLOW_KINDS, KIND_ALIASES, KINDS, discretize
 
 KIND = "teacher pairs"
 
@@ -34,6 +37,15 @@ class TeacherSpec:
     kind: str = "edm"
     final: str = "t_min"
     lower_order_final: bool | None = None
+
+    def __post_init__(self):
+        # Checked when made: a spec is compared and stored with the pairs long before it is used.
+        spec = solvers.get_solver(self.solver)
+        solvers.resolve_order(spec, self.order)
+        solvers.steps_for_nfe(self.solver, self.nfe)
+        string(self.kind, "kind", KINDS + FLOW_KINDS + tuple(KIND_ALIASES))
+        string(self.final, "final", solvers.FINALS)
+        solvers.check_option_types(lower_order_final=self.lower_order_final)
 
     @classmethod
     def default_for(cls, noise) -> "TeacherSpec":
@@ -116,18 +128,28 @@ def make_teacher(den: Denoiser, shape, n: int, *, spec: TeacherSpec | None = Non
     cond: None, one condition per pair (a tensor [n, ...] or a tuple / dict of them), or a callable
     (n, generator) -> such a condition.
     """
+    if not isinstance(den, Denoiser):
+        raise InvalidArgumentType(f"expected an ldd_fast Denoiser, got {type(den).__name__}")
+    if spec is not None and not isinstance(spec, TeacherSpec):
+        raise InvalidArgumentType(f"spec must be a TeacherSpec or None, got {type(spec).__name__}")
     spec = spec or TeacherSpec.default_for(den.noise)
-    if n < 1:
-        raise ValueError(f"n must be positive, got {n}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    shape = tuple(int(s) for s in shape)
+    if integer(n, "n") < 1:
+        raise InvalidArgument(f"n must be positive, got {n}")
+    if integer(batch_size, "batch_size") < 1:
+        raise InvalidArgument(f"batch_size must be positive, got {batch_size}")
+    shape = shape_of(shape, "shape")
+    integer(seed, "seed")
+    device = device_of(device)
+    dtype_of(dtype, "dtype", (torch.float32, torch.float64))  # run_plan's solver dtypes
+    boolean(show_progress, "show_progress")
+    if cond is not None and not callable(cond) and not is_cond(cond):
+        raise ConditionError(f"cond must hold one condition per pair ({n}), got {type(cond).__name__}")
     z = noise_for(n, shape, seed)
     if callable(cond):
         cond = cond(n, torch.Generator().manual_seed(int(seed) + 1))
     if cond is not None and (not is_cond(cond) or cond_rows(cond) != n):
         got = [tuple(c.shape) for c in leaves(cond)] if is_cond(cond) else type(cond).__name__
-        raise ValueError(f"cond must hold one condition per pair ({n}), got {got}")
+        raise ConditionError(f"cond must hold one condition per pair ({n}), got {got}")
     sched = discretize(den.noise, spec.nfe, spec.kind, solver=spec.solver, final=spec.final)
     options = {} if spec.lower_order_final is None else {"lower_order_final": spec.lower_order_final}
     plan = plan_for(den, sched, solver=spec.solver, order=spec.order, **options)
@@ -173,7 +195,7 @@ def pair_conditions(cond, n_train: int, n_valid: int):
     n = n_train + n_valid
     p = cond_rows(cond) if is_cond(cond) else None
     if p is None:
-        raise ValueError("cond must be a tensor (or a tuple / dict of tensors) with one row per condition")
+        raise ConditionError("cond must be a tensor (or a tuple / dict of tensors) with one row per condition")
     if p == n:
         return cond, {"conditions": p, "train": n_train, "valid": n_valid, "disjoint": True}
     if p == 1:

@@ -76,6 +76,29 @@ def test_bench_measures_or_names_every_backend():
     json.dumps(res.to_json())
 
 
+def test_bench_structured_condition_on_every_backend_at_batch_1_and_3():
+    """SD3's condition is a tuple (prompt_embeds, pooled): the exported backends are built from one example row
+    of each leaf (the whole batch's tuple was once passed beside one noise row: a ConditionError at batch > 1)."""
+    pytest.importorskip("onnxruntime")
+    from test_cond import prompts, text_den
+
+    den = text_den()  # guided: a tuple condition with a tuple null condition
+    den.sample_shape = (1, 2, 2)
+    sched = lf.discretize(den.noise, 3, "flowmatch", shift=3.0, final="zero")
+    backends = ("eager", "onnxruntime", "triton", "cuda_graph", "tensorrt")  # compile: minutes on a CPU
+    res = lf.bench(den, sched, backends=backends, batches=(1, 3), solver="unipc", threads=1, repeats=2, warmup=0,
+                   cond_fn=prompts, show_progress=False)
+    assert not [s for s in res.skipped if "batch" in s], res.skipped  # no row failed
+    up_front = {s["backend"]: s["reason"] for s in res.skipped}
+    assert all(up_front.values()) and "eager" not in up_front and "onnxruntime" not in up_front
+    if not torch.cuda.is_available():
+        assert {"cuda_graph", "tensorrt"} <= set(up_front)
+    for b in set(backends) - set(up_front):
+        rows = [r for r in res.rows if r["backend"] == b]
+        assert sorted(r["batch"] for r in rows) == [1, 3], b
+        assert all(r["parity"] <= TOL["onnx_fp32"] and r["sampler_ms"]["median"] > 0 for r in rows), b
+
+
 def test_bench_fp16_on_a_cpu_is_measured_or_explained():
     den = small()
     res = lf.bench(den, lf.discretize(den.noise, 2, "edm"), backends=("eager",), batches=(2,), dtype=torch.float16,

@@ -358,6 +358,16 @@ def test_onnx_sampler_errors(tmp_path):
         runner(torch.randn(2, 1, 4, 4))
     with pytest.raises(ValueError, match="without a condition input"):
         runner(torch.randn(2, 1, 8, 8), torch.tensor([0, 1]))
+    # Noise is floating point: an integer z was converted and a complex one lost its imaginary part, silently.
+    for z in (torch.ones(2, 1, 8, 8, dtype=torch.int64), torch.randn(2, 1, 8, 8, dtype=torch.complex64),
+              np.ones((2, 1, 8, 8), dtype=np.int32), np.ones((2, 1, 8, 8), dtype=np.complex128),
+              torch.ones(2, 1, 8, 8, dtype=torch.bool)):
+        with pytest.raises(lf.InvalidArgumentType, match=f"z has dtype {z.dtype}: .*floating-point noise"):
+            runner(z)
+    with pytest.raises(lf.InvalidArgumentType, match="z must be a torch tensor or a numpy array"):
+        runner([[0.0]])
+    for z in (torch.randn(2, 1, 8, 8, dtype=torch.float64), np.random.randn(2, 1, 8, 8).astype(np.float16)):
+        assert torch.as_tensor(runner(z)).dtype == torch.float32  # cast to the graph's float32 state
     with pytest.raises(FileNotFoundError, match="ONNX file not found"):
         OnnxSampler(tmp_path / "nope.onnx")
     plain = tmp_path / "plain.onnx"
@@ -380,7 +390,7 @@ def test_cli_export(tmp_path, capsys):
     sched_path = tmp_path / "sched.json"
     lf.discretize(den.noise, 4, "edm").save(sched_path)
     rc = main(["--model", "test_export:cli_model", "--schedule", str(sched_path), "--solver", "unipc", "--order",
-               "3", "--onnx", str(tmp_path / "out.onnx"), "--shape", "1,8,8", "--verify"])
+               "3", "--onnx", str(tmp_path / "out.onnx"), "--shape", "1", "8", "8", "--verify"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "unipc3, nfe 4" in out and "onnxruntime vs eager" in out

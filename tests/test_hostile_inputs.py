@@ -466,7 +466,7 @@ def test_cli_errors_name_the_argument_or_file(tmp_path, capsys):
         (["export", *model, "--schedule", sched, "--onnx", tmp_path / "s.onnx", "--static-batch", "0"],
          ["--static-batch", "must be >= 1"]),
         (["export", *model, "--schedule", sched, "--onnx", tmp_path / "s.onnx", "--workspace", "64"],
-         ["--workspace configure the TensorRT build and need --tensorrt"]),
+         ["--workspace needs --tensorrt", "TensorRT build"]),
         (["quality", "--heun-nfe", "4"], ["--heun-nfe takes odd values"]),
         (["demo", "--out", tmp_path / "a_file"], ["--out", "not a folder"]),
         (["nope"], ["invalid choice"]),
@@ -490,13 +490,15 @@ def test_cli_messages_speak_cli(tmp_path, capsys):
     assert code == 0
 
 
-def test_an_internal_error_is_still_one_line(monkeypatch, capsys):
-    import ldd_fast.cli as cli
+def test_an_internal_error_is_one_line_with_exit_status_1(monkeypatch, capsys):
+    import ldd_fast.cli.demo as demo
 
-    monkeypatch.setattr(cli, "cmd_demo", lambda args: {}["boom"])
-    monkeypatch.setattr(cli, "_validate_demo", lambda args: None)
+    monkeypatch.setattr(demo, "run", lambda args: {}["boom"])
     code, _, err = run_cli(capsys, "demo")
-    assert code == 2 and "internal error KeyError" in err
+    assert code == 1 and "internal error KeyError" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("LDD_FAST_TRACEBACK", "1")
+    with pytest.raises(KeyError):
+        run_cli(capsys, "demo")
 
 
 # ----- 6. atomic writes and verified artifacts --------------------------------------------------------

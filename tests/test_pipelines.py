@@ -22,7 +22,19 @@ SIZE = 16
 
 @pytest.fixture(scope="module")
 def dens():
-    return {k: lf.from_pipeline(tp.build(k), height=SIZE, width=SIZE, max_sequence_length=8) for k in KINDS}
+    return {k: lf.from_pipeline(tp.build(k), height=SIZE, width=SIZE, max_sequence_length=None if k == "sd" else 8)
+            for k in KINDS}
+
+
+def test_from_pipeline_refuses_what_cannot_take_effect():
+    pipe = tp.build("sd")
+    with pytest.raises(lf.LddFastError, match="max_sequence_length.*SD3 and Flux"):
+        lf.from_pipeline(pipe, height=SIZE, width=SIZE, max_sequence_length=8)
+    for bad in (0, -16):  # 0 was once taken for "the pipeline's size"
+        with pytest.raises(lf.LddFastError, match="height"):
+            lf.from_pipeline(pipe, height=bad, width=SIZE)
+    with pytest.raises(TypeError, match="width"):
+        lf.from_pipeline(pipe, height=SIZE, width="16")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -171,11 +183,18 @@ def test_cli_learns_from_a_pipeline_folder(tmp_path, capsys):
     out = tmp_path / "s.json"
     code = main(["learn", "--pipeline", str(tmp_path / "sd3"), "--prompts", str(tmp_path / "prompts.txt"),
                  "--height", "16", "--width", "16", "--max-sequence-length", "8", "--nfe", "2", "--solver", "euler",
-                 "--mode", "time", "--n-train", "2", "--n-valid", "2", "--teacher-nfe", "4", "--out", str(out)])
-    err = capsys.readouterr().err
-    assert code == 0, err
+                 "--n-train", "2", "--n-valid", "2", "--teacher-nfe", "4", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "fewer than 4 a split" in captured.err  # 2 + 2 prompts: warned
     s = lf.Schedule.load(out)
     assert s.info["conditions"] == {"conditions": 4, "train": 2, "valid": 2, "disjoint": True}
+    assert s.info["mode"] == "time"  # a pipeline's default mode
+    # The learned sampler against the pipeline's own, on the validation pairs, printed and kept in the file.
+    m = s.metrics
+    assert m["pipeline_scheduler"] == "FlowMatchEulerDiscreteScheduler" and m["pipeline_pairs"] == 2
+    assert m["pipeline_rmse_own_2x"] < m["pipeline_rmse_own"]
+    assert f"learned {m['pipeline_rmse_learned']:.4f}" in captured.out and "at NFE 4" in captured.out
     assert isinstance(s.noise, lf.RectifiedFlow) and s.final == "t_min"
     (tmp_path / "bad.txt").write_text("\n\n")
     code = main(["learn", "--pipeline", str(tmp_path / "sd3"), "--prompts", str(tmp_path / "bad.txt"), "--nfe", "2",
@@ -206,3 +225,141 @@ def test_cli_benches_a_pipeline_folder(tmp_path, capsys):
     (row,) = d["rows"]
     assert row["backend"] == "eager" and row["parity"] == 0.0 and row["eager_floor_ms"] > 0
     assert d["skipped"][0]["backend"] == "cuda_graph"
+    # Stable Diffusion's CLIP prompt length is fixed: the T5 option is refused, not ignored.
+    code = main(["bench", "--pipeline", str(tmp_path / "sd"), "--height", "16", "--width", "16",
+                 "--max-sequence-length", "8", "--schedule", "edm", "--nfe", "2", "--backends", "eager", "--batch", "2", "--threads", "1"])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after diffusers' loading bars
+    assert code == 2 and last.startswith("ldd-fast: error:") and "--max-sequence-length" in last
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """The tiny pipelines saved as folders, as a user's pipeline folder would be."""
+    root = tmp_path_factory.mktemp("pipelines")
+    for kind in KINDS:
+        tp.build(kind).save_pretrained(root / kind)
+    return root
+
+
+def test_cli_samples_a_pipeline_folder(folders, tmp_path, capsys):
+    """`ldd-fast sample --pipeline`: -n samples per prompt; .pt keeps the latents, equal to lf.sample on the same
+    noise and prompts; a .png grid holds the decoded images, one captioned row per prompt."""
+    from ldd_fast.cli import main
+    from ldd_fast.teacher import noise_for
+
+    base = ["sample", "--pipeline", str(folders / "sd3"), "--height", "16", "--width", "16", "--max-sequence-length",
+            "8", "--prompt", tp.PROMPTS[0], "--prompt", tp.PROMPTS[1], "-n", "2", "--nfe", "2", "--schedule",
+            "pipeline", "--threads", "1"]
+    assert main([*base, "--out", str(tmp_path / "x.pt")]) == 0, capsys.readouterr().err
+    den = lf.from_pipeline(tp.build("sd3"), height=16, width=16, max_sequence_length=8)
+    sched = den.pipeline_schedule(2)
+    assert (sched.solver, sched.order, sched.final) == ("euler", 1, "zero")  # FlowMatchEuler is Euler, ends on 0
+    cond = den.encode_prompt([tp.PROMPTS[0]] * 2 + [tp.PROMPTS[1]] * 2)
+    with torch.no_grad():
+        ref = lf.sample(den, noise_for(4, den.sample_shape, 0), sched, cond=cond)
+    assert torch.allclose(torch.load(tmp_path / "x.pt"), ref, atol=1e-6, rtol=0)
+    assert main([*base, "--out", str(tmp_path / "grid.png")]) == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "grid.png").size[0] > 2 * 16 * 4  # two images a row, with captions beside
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--schedule", "flowmatch"], ["flow-matching grid", "Stable Diffusion"]),
+    (["--schedule", "logsnr", "--shift", "3"], ["--shift / --mu", "flowmatch"]),
+    (["--prompt", "a", "--prompts", "p.txt"], ["--prompt and --prompts cannot be given together"]),
+    (["--label", "3"], ["--label and --pipeline cannot be given together"]),
+    (["--model", "digits"], ["--model and --pipeline cannot be given together"]),
+])
+def test_cli_pipeline_sample_arguments_are_checked_before_loading(folders, capsys, monkeypatch, argv, words):
+    import ldd_fast.cli.load as load
+    from ldd_fast.cli import main
+
+    monkeypatch.setattr(load, "load_pipeline", lambda args: pytest.fail("loaded the pipeline before checking"))
+    extra = [] if "--prompt" in argv else ["--prompt", "a cat"]
+    code = main(["sample", "--pipeline", str(folders / "sd"), *extra, *argv, "--out", "x.png"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for w in words:
+        assert w in err
+
+
+def test_cli_schedule_kinds_need_what_they_name(tmp_path, capsys):
+    from ldd_fast.cli import main
+
+    for argv, words in [(["--schedule", "pipeline"], "needs --pipeline"), (["--schedule", "flux"], "needs --mu"),
+                        (["--schedule", "flowmatch"], "digits is not a flow")]:
+        assert main(["sample", "--model", "digits", *argv, "--out", "x.png"]) == 2
+        assert words in capsys.readouterr().err
+    assert main(["sample", "--model", "digits_flow", "--schedule", "flowmatch", "--shift", "3", "--nfe", "2", "-n",
+                 "1", "--threads", "1", "--out", str(tmp_path / "x.pt")]) == 0
+    den = lf.zoo.load("digits_flow")
+    assert "flowmatch" in capsys.readouterr().out and torch.isfinite(torch.load(tmp_path / "x.pt")).all()
+    assert lf.discretize(den.noise, 2, "flowmatch", shift=3.0).info["shift"] == 3.0
+
+
+def test_cli_exports_a_pipeline_and_its_manifest_decodes_the_output(folders, tmp_path, capsys):
+    """`ldd-fast export --pipeline`: the graph takes the prompt embeddings; with the manifest and the VAE alone
+    (Flux's 2 x 2 packing included; test_export_of_a_pipeline_sampler exports SD3 in Python) onnxruntime's
+    latents decode to den.decode(lf.sample(...))."""
+    kind = "flux"
+    ort = pytest.importorskip("onnxruntime")
+    from diffusers import AutoencoderKL
+
+    from ldd_fast.cli import main
+    from ldd_fast.export import read_manifest
+    from ldd_fast.pipelines import unpack_latents
+
+    den = lf.from_pipeline(tp.build(kind), height=SIZE, width=SIZE, max_sequence_length=8)
+    sched = den.pipeline_schedule(2)
+    sched.save(tmp_path / "s.json")
+    onnx_path = tmp_path / "sampler.onnx"
+    code = main(["export", "--pipeline", str(folders / kind), "--height", "16", "--width", "16",
+                 "--max-sequence-length", "8", "--schedule", str(tmp_path / "s.json"), "--onnx", str(onnx_path),
+                 "--threads", "1"])
+    assert code == 0, capsys.readouterr().err
+    m = read_manifest(tmp_path / "sampler.manifest.json")
+    assert [i["name"] for i in m["inputs"]] == ["z", "cond_0", "cond_1"] and m["inputs"][0]["shape"][0] == "batch"
+    assert m["baked_in"]["nfe"] == 2 and m["pipeline"]["folder"] == str(folders / kind)
+    assert {"vae", "transformer", "scheduler"} <= set(m["pipeline"]["components"])
+    # A server's view: noise and prompt embeddings in, latents out, decoded with the manifest and the VAE.
+    cond = den.encode_prompt(tp.PROMPTS[:2])
+    z = torch.randn(2, *den.sample_shape, generator=torch.Generator().manual_seed(3))
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    feeds = {"z": z.numpy(), "cond_0": cond[0].numpy(), "cond_1": cond[1].numpy()}
+    latents = torch.from_numpy(session.run(None, feeds)[0])
+    dec = m["decode"]
+    vae = AutoencoderKL.from_pretrained(os.path.join(m["pipeline"]["folder"], dec["vae"]))
+    with torch.no_grad():
+        images = vae.decode(unpack_latents(latents, dec) / dec["scaling_factor"] + dec["shift_factor"]).sample
+        ref = den.decode(lf.sample(den, z, sched, cond=cond))
+    assert images.shape == ref.shape == (2, 3, SIZE, SIZE)
+    assert (images - ref).abs().max() <= 1e-3 * ref.abs().max()
+
+
+def test_cli_plans_a_pipeline_on_disjoint_prompts(folders, tmp_path, capsys):
+    """`ldd-fast plan --pipeline --prompts`: the choice on the first half of the prompts, the table on the other;
+    the saved schedule runs as chosen through `ldd-fast sample --pipeline`."""
+    from ldd_fast.cli import main
+
+    (tmp_path / "prompts.txt").write_text("\n".join(tp.PROMPTS) + "\n")
+    size = ["--height", "16", "--width", "16", "--max-sequence-length", "8"]
+    code = main(["plan", "--pipeline", str(folders / "sd3"), "--prompts", str(tmp_path / "prompts.txt"), *size,
+                 "--budget-ms", "10000", "--batch", "2", "--max-nfe", "2", "--solvers", "euler1", "dpmpp2",
+                 "--backends", "eager", "--n-select", "4", "--n-eval", "4", "--teacher-steps", "4", "--repeats", "1",
+                 "--threads", "1", "--out", str(tmp_path / "plan")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    best = json.loads((tmp_path / "plan" / "plan.json").read_text())["best"]
+    sched = lf.Schedule.load(tmp_path / "plan" / "schedule.json")
+    assert sched.solver == best["solver_name"] and sched.order == best["order"]
+    assert "--pipeline" in out.out
+    code = main(["sample", "--pipeline", str(folders / "sd3"), *size, "--prompt", "a red dog", "-n", "1",
+                 "--schedule", str(tmp_path / "plan" / "schedule.json"), "--threads", "1",
+                 "--out", str(tmp_path / "x.pt")])
+    assert code == 0, capsys.readouterr().err
+    assert main(["plan", "--pipeline", str(folders / "sd3"), "--prompts", str(tmp_path / "prompts.txt"),
+                 "--budget-ms", "10", "--fd"]) == 2
+    assert "--fd and --pipeline cannot be given together" in capsys.readouterr().err

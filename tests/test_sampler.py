@@ -125,8 +125,9 @@ def test_guided_and_unguided_calls_match_sample(solver, order, backend):
     assert den.net.batches == [8] * 5, "one batched cond + null call per network evaluation"
     assert torch.allclose(out, lf.sample(den, z, sched, solver=solver, order=order, cond=cond),
                           atol=TOL["fp64_same_math"], rtol=0)
-    assert torch.allclose(fast(z), lf.sample(den, z, sched, solver=solver, order=order),
-                          atol=TOL["fp64_same_math"], rtol=0), "cond=None runs the unguided plan"
+    for unguided in (lambda: fast(z), lambda: lf.sample(den, z, sched, solver=solver, order=order)):
+        with pytest.raises(lf.ConditionError, match="needs cond"):  # once a silently unguided sample
+            unguided()
 
 
 # ----- what a call does (and does not do) ----------------------------------------------------------------
@@ -213,11 +214,11 @@ ALLOCATIONS_AND_VIEWS = {"aten::empty", "aten::empty_strided", "aten::slice", "a
 @needs_triton
 def test_no_elementwise_op_outside_the_network_and_the_kernel(counting):
     den = _tiny_unet(device=DEVICE)
-    den = lf.Denoiser(_Hidden(den.net), den.noise, prediction="edm", guidance_scale=2.0,
-                      null_cond=torch.tensor(10))
-    fast = lf.Sampler(den, lf.discretize(den.noise, 5, "edm"), solver="unipc", order=3, backend="triton")
+    guided = lf.Denoiser(_Hidden(den.net), den.noise, prediction="edm", guidance_scale=2.0,
+                         null_cond=torch.tensor(10))
     z, cond = torch.randn(2, 1, 8, 8, device=DEVICE), torch.tensor([3, 4], device=DEVICE)
-    for c in (None, cond):
+    for d, c in ((guided.with_guidance(1.0), None), (guided, cond)):
+        fast = lf.Sampler(d, lf.discretize(d.noise, 5, "edm"), solver="unipc", order=3, backend="triton")
         with _Recorder() as rec:
             fast(z, c)
         float_ops = {name for name, dtype in rec.ops if dtype is not None and dtype.is_floating_point}
@@ -263,9 +264,11 @@ def test_a_call_does_no_host_sync(backend, monkeypatch):
         monkeypatch.setattr(update_kernel, "fused_update_kernel", _CountingKernel(update_kernel.fused_update_kernel))
     den = _tiny_unet(device=DEVICE)
     fast = lf.Sampler(den, lf.discretize(den.noise, 5, "edm"), solver="unipc", order=3, backend=backend)
+    plain = lf.Sampler(den.with_guidance(1.0), lf.discretize(den.noise, 5, "edm"), solver="unipc", order=3,
+                       backend=backend)
     z, cond = torch.randn(2, 1, 8, 8, device=DEVICE), torch.tensor([3, 4], device=DEVICE)
-    fast(z, cond), fast(z)  # first calls: Triton compilation, CUDA graph capture
-    out_guided, out = _no_sync_call(fast, z, cond), _no_sync_call(fast, z, None)
+    fast(z, cond), plain(z)  # first calls: Triton compilation, CUDA graph capture
+    out_guided, out = _no_sync_call(fast, z, cond), _no_sync_call(plain, z, None)
     with torch.no_grad():
         ref = lf.sample(den, z, lf.discretize(den.noise, 5, "edm"), solver="unipc", order=3, cond=cond)
     assert torch.allclose(out_guided, ref, atol=TOL["lowp_sample_eps"] * 1.2e-7 * float(ref.abs().max()), rtol=0)

@@ -254,7 +254,7 @@ def test_cli_builds_the_engine(monkeypatch, tmp_path, capsys):
     lf.discretize(lf.EDM(), 3, "edm").save(sched)
     rc = cli_main(["export", "--model", "test_export:cli_model", "--schedule", str(sched), "--solver", "euler",
                    "--onnx", str(tmp_path / "s.onnx"), "--tensorrt", str(tmp_path / "s.plan"), "--fp16",
-                   "--max-batch", "16", "--workspace", "64", "--shape", "1,8,8"])
+                   "--max-batch", "16", "--workspace", "64", "--shape", "1", "8", "8"])
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "network float16" in out.out and "TensorRT engine, batch 1..16" in out.out

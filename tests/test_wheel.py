@@ -55,6 +55,9 @@ def test_wheel_in_a_venv_runs_a_bench_outside_the_checkout(tmp_path):
     assert where.returncode == 0, where.stderr[-2000:]
     files = where.stdout.split()
     assert len(files) == 3 and all(f.startswith(str(env_dir)) for f in files), where.stdout
+    version = subprocess.run([str(env_dir / "bin" / "ldd-fast"), "--version"], capture_output=True, text=True,
+                             cwd=work, env=env)
+    assert version.returncode == 0 and version.stdout.startswith("ldd-fast "), version.stderr[-2000:]
     result = work / "bench.json"
     run = subprocess.run([str(env_dir / "bin" / "ldd-fast"), "bench", "--model", "digits", "--schedule", "edm",
                           "--nfe", "2", "--backends", "eager,cuda_graph", "--batch", "2", "--repeats", "2",

@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 
 from . import dpmpp, euler, heun, ipndm, unipc
+from ..errors import InvalidArgument, InvalidArgumentType, optional_boolean, string
+from ..noise import NoiseSchedule
 
 FINALS = ("t_min", "zero")
 LOWER_ORDER_FINAL_BELOW = 15  # steps; diffusers' threshold
@@ -52,25 +54,42 @@ SOLVERS = {
 
 
 def get_solver(name: str) -> SolverSpec:
-    if not isinstance(name, str) or name not in SOLVERS:
-        raise ValueError(f"unknown solver {name!r}; available: {', '.join(SOLVERS)}")
+    if not isinstance(name, str):
+        raise InvalidArgumentType(f"solver must be a solver name ({', '.join(SOLVERS)}), got {type(name).__name__} "
+                                  f"{name!r:.40}")
+    if name not in SOLVERS:
+        raise InvalidArgument(f"unknown solver {name!r}; available: {', '.join(SOLVERS)}")
     return SOLVERS[name]
+
+
+def check_option_types(*, final=None, lower_order_final=None, variant=None) -> None:
+    """The types of the solver options, checked before any of them is compared or used: every entry point
+    (plan_for, hence lf.sample, lf.Sampler and the exporters; resolve_options and make_plan, hence
+    lf.learn) calls this. A string such as "no" for lower_order_final would otherwise be truthy."""
+    optional_boolean(lower_order_final, "lower_order_final")
+    for name, v in (("final", final), ("variant", variant)):
+        if v is not None and not isinstance(v, str):
+            raise InvalidArgumentType(f"{name} must be a string or None, got {type(v).__name__} {v!r:.40}")
 
 
 def resolve_order(spec: SolverSpec, order: int | None) -> int:
     if order is None:
         return spec.default_order
-    if isinstance(order, bool) or not isinstance(order, int) or order not in spec.orders:
-        raise ValueError(f"solver {spec.name!r} supports orders {list(spec.orders)}, got order={order!r}")
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise InvalidArgumentType(f"order must be an int (solver {spec.name!r} supports orders {list(spec.orders)}), "
+                                  f"got {type(order).__name__} {order!r:.40}")
+    if order not in spec.orders:
+        raise InvalidArgument(f"solver {spec.name!r} supports orders {list(spec.orders)}, got order={order!r}")
     return order
 
 
 def resolve_variant(spec: SolverSpec, variant: str | None) -> str | None:
     if variant is None:
         return spec.default_variant
+    check_option_types(variant=variant)
     if variant not in spec.variants:
         allowed = list(spec.variants) or "none"
-        raise ValueError(f"solver {spec.name!r} has variants {allowed}, got variant={variant!r}")
+        raise InvalidArgument(f"solver {spec.name!r} has variants {allowed}, got variant={variant!r}")
     return variant
 
 
@@ -79,6 +98,7 @@ def resolve_options(solver: str, order: int | None, nfe: int, options: dict) -> 
     spec = get_solver(solver)
     order = resolve_order(spec, order)
     options = dict(options)
+    check_option_types(**{k: v for k, v in options.items() if k in ("final", "lower_order_final", "variant")})
     if "lower_order_final" in spec.options and options.get("lower_order_final") is None:
         options["lower_order_final"] = steps_for_nfe(solver, nfe) < LOWER_ORDER_FINAL_BELOW
     if "variant" in spec.options:
@@ -89,11 +109,14 @@ def resolve_options(solver: str, order: int | None, nfe: int, options: dict) -> 
 def steps_for_nfe(solver: str, nfe: int) -> int:
     """Number of solver steps (len(t) - 1) that spend exactly nfe network calls."""
     spec = get_solver(solver)
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-        raise ValueError(f"nfe must be a positive integer, got {nfe!r}")
+    if isinstance(nfe, bool) or not isinstance(nfe, int):
+        raise InvalidArgumentType(f"nfe must be a positive integer, got {type(nfe).__name__} {nfe!r:.40}")
+    if nfe < 1:
+        raise InvalidArgument(f"nfe must be a positive integer, got {nfe!r}")
     if spec.layout == "heun":
         if nfe % 2 == 0:
-            raise ValueError(f"heun needs an odd nfe = 2K - 1 (K steps, the last without correction), got nfe={nfe}")
+            raise InvalidArgument("heun needs an odd nfe = 2K - 1 (K steps, the last without correction), got "
+                                  f"nfe={nfe}")
         return (nfe + 1) // 2
     return nfe
 
@@ -129,27 +152,38 @@ def make_plan(noise, t: torch.Tensor, t_eval: torch.Tensor, *, solver: str, orde
     """
     spec = get_solver(solver)
     order = resolve_order(spec, order)
+    check_option_types(final=final, lower_order_final=lower_order_final, variant=variant)
+    if not isinstance(noise, NoiseSchedule):
+        raise InvalidArgumentType(f"noise must be a NoiseSchedule, got {type(noise).__name__}")
+    for name, v in (("t", t), ("t_eval", t_eval)):
+        if not isinstance(v, torch.Tensor) or v.dim() != 1 or not v.is_floating_point():
+            what = f"a {v.dtype} tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+            raise InvalidArgumentType(f"{name} must be a 1-D floating-point tensor of times, got {what}")
     if final not in FINALS:
-        raise ValueError(f"final must be one of {FINALS}, got {final!r}")
+        raise InvalidArgument(f"final must be one of {FINALS}, got {final!r}")
     if not layout_matches(solver, len(t), len(t_eval)):
-        raise ValueError(f"solver {solver!r}: {len(t)} times and {len(t_eval)} eval times do not fit its "
-                         f"{spec.layout} layout (multistep: nfe + 1 times; heun: (nfe + 1) / 2 + 1 times, nfe odd)")
+        raise InvalidArgument(f"solver {solver!r}: {len(t)} times and {len(t_eval)} eval times do not fit its "
+                              f"{spec.layout} layout (multistep: nfe + 1 times; heun: (nfe + 1) / 2 + 1 times, nfe "
+                              "odd)")
     kwargs = {"order": order, "final": final}
     if "lower_order_final" in spec.options:
         n = len(t) - 1
         kwargs["lower_order_final"] = (n < LOWER_ORDER_FINAL_BELOW) if lower_order_final is None \
-            else bool(lower_order_final)
+            else lower_order_final
     elif lower_order_final is not None:
-        raise ValueError(f"solver {solver!r} takes no lower_order_final option")
+        raise InvalidArgument(f"solver {solver!r} takes no lower_order_final option")
     if "variant" in spec.options:
         kwargs["variant"] = resolve_variant(spec, variant)
     elif variant is not None:
-        raise ValueError(f"solver {solver!r} has no variants, got variant={variant!r}")
-    if coefficient_form not in COEFFICIENT_FORMS:
-        raise ValueError(f"coefficient_form must be one of {COEFFICIENT_FORMS}, got {coefficient_form!r}")
+        raise InvalidArgument(f"solver {solver!r} has no variants, got variant={variant!r}")
+    string(coefficient_form, "coefficient_form", COEFFICIENT_FORMS)
     if coefficients is not None:
+        if not isinstance(coefficients, (list, tuple)) or not all(
+                isinstance(c, (torch.Tensor, list, tuple)) for c in coefficients):
+            raise InvalidArgumentType(f"coefficients must be a list of 1-D tensors or lists (one per network call), "
+                                      f"got {type(coefficients).__name__}")
         if len(coefficients) != len(t_eval):
-            raise ValueError(f"coefficients: {len(coefficients)} lists for {len(t_eval)} network calls")
+            raise InvalidArgument(f"coefficients: {len(coefficients)} lists for {len(t_eval)} network calls")
         coefficients = [c if isinstance(c, torch.Tensor) else torch.tensor(c, dtype=torch.float64).reshape(-1)
                         for c in coefficients]
     return spec.build(noise, t, t_eval, corrections=coefficients, relaxed=coefficient_form == "relaxed", **kwargs)

@@ -23,6 +23,9 @@ from __future__ import annotations
 import json
 import os
 
+import torch
+
+from ..errors import InvalidArgument, InvalidArgumentType, MissingDependency, device_of
 from .unet import TinyUNet
 
 __all__ = ["TinyUNet", "load", "load_network", "available", "weights_dir"]
@@ -48,8 +51,10 @@ def load_network(name: str, device="cpu") -> tuple[TinyUNet, dict]:
     written by ``python -m ldd_fast.zoo.train``; ``config["network"]`` rebuilds the net with
     ``TinyUNet(**config["network"])``.
     """
-    if name not in _NAMES:
-        raise ValueError(f"unknown zoo model {name!r}; available names: {sorted(_NAMES)}")
+    if not isinstance(name, str) or name not in _NAMES:
+        error = InvalidArgument if isinstance(name, str) else InvalidArgumentType
+        raise error(f"unknown zoo model {name!r:.40}; available names: {sorted(_NAMES)}")
+    device = device_of(device) or torch.device("cpu")
     stem = _NAMES[name]
     wpath = os.path.join(weights_dir(), stem + ".safetensors")
     jpath = os.path.join(weights_dir(), stem + ".json")
@@ -60,7 +65,7 @@ def load_network(name: str, device="cpu") -> tuple[TinyUNet, dict]:
     try:
         from safetensors.torch import load_file
     except ImportError as exc:
-        raise ImportError("loading zoo weights needs safetensors: pip install safetensors") from exc
+        raise MissingDependency("loading zoo weights needs safetensors: pip install safetensors") from exc
     with open(jpath) as f:
         config = json.load(f)
     net = TinyUNet(**config["network"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..denoiser import Denoiser
+from ..errors import finite_number
 from ..noise import EDM, RectifiedFlow, VPDiscrete
 from . import load_network
 
@@ -21,6 +22,7 @@ def load(name: str = "digits", *, guidance_scale: float = 1.0, device="cpu") -> 
     the null class 10 is the unconditional model, used for guidance; any other label is a
     ConditionError in every executor (num_classes = 11).
     """
+    guidance_scale = finite_number(guidance_scale, "guidance_scale")
     net, info = load_network(name, device=device)
     noise_info = info["noise"]
     common = dict(guidance_scale=guidance_scale, null_cond=torch.tensor(NULL_CLASS), num_classes=net.num_classes,

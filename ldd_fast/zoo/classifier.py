@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidArgument
+from ..exit_status import run_command
 from ._io import save_json, save_safetensors, sha256_file
 from .data import SPLIT_DESCRIPTION, load_digits_split
 
@@ -47,8 +49,8 @@ class DigitClassifier(nn.Module):
     def __init__(self, channels: int = 32, feature_dim: int = 64, num_classes: int = 10, dropout: float = 0.3):
         super().__init__()
         if channels <= 0 or feature_dim <= 0 or num_classes < 2 or not 0 <= dropout < 1:
-            raise ValueError("DigitClassifier: need channels > 0, feature_dim > 0, num_classes >= 2, "
-                             "dropout in [0, 1)")
+            raise InvalidArgument("DigitClassifier: need channels > 0, feature_dim > 0, num_classes >= 2, "
+                                  "dropout in [0, 1)")
         self.config = dict(channels=int(channels), feature_dim=int(feature_dim), num_classes=int(num_classes),
                            dropout=float(dropout))
         c = channels
@@ -66,8 +68,8 @@ class DigitClassifier(nn.Module):
 
     def _check(self, x):
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != (1, 8, 8):
-            raise ValueError(f"DigitClassifier: expected images of shape [B, 1, 8, 8] scaled to [-1, 1], got "
-                             f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+            raise InvalidArgument(f"DigitClassifier: expected images of shape [B, 1, 8, 8] scaled to [-1, 1], got "
+                                  f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate-layer features [B, feature_dim] (after the ReLU) of images in [-1, 1]."""
@@ -82,7 +84,7 @@ class DigitClassifier(nn.Module):
 def feature_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and unbiased covariance (float64) of [N, D] features, as FID's reference code computes them."""
     if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[0] < 2:
-        raise ValueError("feature_stats: need a [N, D] tensor with N >= 2")
+        raise InvalidArgument("feature_stats: need a [N, D] tensor with N >= 2")
     f = features.detach().double()
     mu = f.mean(0)
     d = f - mu
@@ -103,8 +105,8 @@ def frechet_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, c
     mu1, mu2, cov1, cov2 = (torch.as_tensor(t, dtype=torch.float64) for t in (mu1, mu2, cov1, cov2))
     d = mu1.shape[-1] if mu1.dim() == 1 else -1
     if mu1.shape != (d,) or mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
-        raise ValueError(f"frechet_distance: need means [D] and covariances [D, D] of one D; got "
-                         f"{list(mu1.shape)}, {list(cov1.shape)}, {list(mu2.shape)}, {list(cov2.shape)}")
+        raise InvalidArgument(f"frechet_distance: need means [D] and covariances [D, D] of one D; got "
+                              f"{list(mu1.shape)}, {list(cov1.shape)}, {list(mu2.shape)}, {list(cov2.shape)}")
     s1 = _sqrtm_psd(cov1)
     inner = s1 @ cov2 @ s1
     tr_cross = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0).sqrt().sum()
@@ -136,7 +138,7 @@ def train_classifier(split: dict, *, epochs: int = 60, batch_size: int = 64, lr:
                      seed: int = 0, config: dict | None = None, log=print) -> DigitClassifier:
     """Train on ``split['train_x'/'train_y']`` with AdamW and a cosine lr decay; seeded and deterministic."""
     if epochs <= 0 or batch_size <= 0 or lr <= 0:
-        raise ValueError("train_classifier: epochs, batch_size and lr must be positive")
+        raise InvalidArgument("train_classifier: epochs, batch_size and lr must be positive")
     torch.manual_seed(seed)  # init and dropout
     model = DigitClassifier(**(config or {}))
     x, y = split["train_x"], split["train_y"]
@@ -206,8 +208,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out-dir", default=_weights_dir(), help="where the weights, JSON and feature stats go")
     args = p.parse_args(argv)
+    return run_command(p.prog, lambda: _train(args))
+
+
+def _train(args) -> int:
     if args.threads <= 0:
-        raise SystemExit("--threads must be positive")
+        raise InvalidArgument("--threads must be positive")
     torch.set_num_threads(args.threads)
 
     split = load_digits_split()

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InvalidArgumentType, MissingDependency, Unavailable
+
 __all__ = ["load_digits_split", "SPLIT_DESCRIPTION", "to_pixels"]
 
 NUM_HELDOUT = 300
@@ -43,12 +45,12 @@ def load_digits_split() -> dict[str, torch.Tensor]:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError as exc:  # scikit-learn is an optional ("demo") dependency
-        raise ImportError("the digits data needs scikit-learn: pip install 'ldd-fast[demo]'") from exc
+        raise MissingDependency("the digits data needs scikit-learn: pip install 'ldd-fast[demo]'") from exc
 
     digits = load_digits()
     images, labels = digits.images, digits.target
     if images.shape != (1797, 8, 8):
-        raise RuntimeError(f"unexpected digits data shape {images.shape}; expected (1797, 8, 8)")
+        raise Unavailable(f"unexpected digits data shape {images.shape}; expected (1797, 8, 8)")
     tr_img, ho_img, tr_lab, ho_lab = train_test_split(
         images, labels, test_size=NUM_HELDOUT, stratify=labels, random_state=SPLIT_SEED)
 
@@ -64,5 +66,5 @@ def load_digits_split() -> dict[str, torch.Tensor]:
 def to_pixels(x: torch.Tensor) -> torch.Tensor:
     """Inverse of the data scaling: [-1, 1] -> pixel values in [0, 16], clamped."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"to_pixels: expected a tensor, got {type(x).__name__}")
+        raise InvalidArgumentType(f"to_pixels: expected a tensor, got {type(x).__name__}")
     return ((x + 1.0) * 8.0).clamp(0.0, 16.0)

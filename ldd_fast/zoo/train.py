@@ -48,7 +48,8 @@ import time
 import torch
 
 from . import precond
-from ..errors import StateFileError
+from ..errors import InvalidArgument, StateFileError
+from ..exit_status import run_command
 from ..io import Fields, load_state
 from ._io import save_checkpoint, save_json, save_safetensors, sha256_file
 from .data import SPLIT_DESCRIPTION, load_digits_split
@@ -59,6 +60,7 @@ __all__ = [
     "REFERENCE_LEVELS", "REFERENCE_SEED", "REFERENCE_REPEATS",
 ]
 
+PROG = "python -m ldd_fast.zoo.train"
 VARIANTS = ("edm", "vp", "flow")
 #: load_network() name -> file stem in ldd_fast/zoo/weights
 WEIGHT_NAMES = {"edm": "digits_edm", "vp": "digits_vp", "flow": "digits_flow"}
@@ -102,7 +104,7 @@ def default_network_config(variant: str, model_channels: int = 32) -> dict:
 
 def _check_variant(variant):
     if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+        raise InvalidArgument(f"unknown variant {variant!r}; expected one of {VARIANTS}")
 
 
 class Trainer:
@@ -120,15 +122,15 @@ class Trainer:
                  seed: int = 0):
         _check_variant(variant)
         if not (isinstance(train_x, torch.Tensor) and train_x.dim() == 4 and train_x.is_floating_point()):
-            raise ValueError("Trainer: train_x must be a floating [N, C, H, W] tensor")
+            raise InvalidArgument("Trainer: train_x must be a floating [N, C, H, W] tensor")
         if not (isinstance(train_y, torch.Tensor) and train_y.shape == (train_x.shape[0],)
                 and not train_y.is_floating_point()):
-            raise ValueError("Trainer: train_y must be an integer tensor of shape [N]")
+            raise InvalidArgument("Trainer: train_y must be an integer tensor of shape [N]")
         if batch_size <= 0 or lr <= 0 or warmup_steps < 0 or weight_decay < 0 or grad_clip < 0:
-            raise ValueError("Trainer: batch_size and lr must be positive; warmup_steps, weight_decay and "
-                             "grad_clip non-negative")
+            raise InvalidArgument("Trainer: batch_size and lr must be positive; warmup_steps, weight_decay and "
+                                  "grad_clip non-negative")
         if ema_halflife <= 0 or ema_rampup < 0 or not 0 <= label_dropout < 1:
-            raise ValueError("Trainer: need ema_halflife > 0, ema_rampup >= 0 and label_dropout in [0, 1)")
+            raise InvalidArgument("Trainer: need ema_halflife > 0, ema_rampup >= 0 and label_dropout in [0, 1)")
         self.variant = variant
         self.net_config = dict(net_config or default_network_config(variant))
         self.hparams = dict(batch_size=int(batch_size), lr=float(lr), warmup_steps=int(warmup_steps),
@@ -138,7 +140,7 @@ class Trainer:
         self.train_x, self.train_y = train_x.float(), train_y.long()
         self.null_class = self.net_config.get("num_classes", NULL_CLASS + 1) - 1
         if int(self.train_y.max()) >= self.null_class or int(self.train_y.min()) < 0:
-            raise ValueError(f"Trainer: labels must lie in [0, {self.null_class - 1}] (the last class is null)")
+            raise InvalidArgument(f"Trainer: labels must lie in [0, {self.null_class - 1}] (the last class is null)")
 
         torch.manual_seed(seed + 2**33)  # network init and dropout use the global RNG
         self.net = TinyUNet(**self.net_config)
@@ -281,9 +283,9 @@ def reference_losses(net: torch.nn.Module, variant: str, x0: torch.Tensor, level
     """
     _check_variant(variant)
     if not isinstance(x0, torch.Tensor) or x0.dim() != 4:
-        raise ValueError("reference_losses: x0 must be a [N, C, H, W] tensor")
+        raise InvalidArgument("reference_losses: x0 must be a [N, C, H, W] tensor")
     if repeats < 1:
-        raise ValueError(f"reference_losses: repeats must be >= 1, got {repeats}")
+        raise InvalidArgument(f"reference_losses: repeats must be >= 1, got {repeats}")
     levels = list(REFERENCE_LEVELS[variant] if levels is None else levels)
     was_training = net.training
     net.eval()
@@ -303,7 +305,7 @@ def reference_losses(net: torch.nn.Module, variant: str, x0: torch.Tensor, level
                 d = precond.flow_denoise(net, (1.0 - t) * x0 + t * n, t, None)
             else:
                 if int(level) != level:
-                    raise ValueError(f"reference_losses: vp levels are integer indices, got {level}")
+                    raise InvalidArgument(f"reference_losses: vp levels are integer indices, got {level}")
                 abar = float(ac[int(level)])
                 x_k = math.sqrt(abar) * x0 + math.sqrt(1.0 - abar) * n
                 d = precond.vp_denoise(net, x_k, int(level), ac, None)
@@ -382,7 +384,7 @@ def export(trainer: Trainer, out_dir: str, split: dict, extra: dict | None = Non
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m ldd_fast.zoo.train",
+        prog=PROG,
         description="Train a built-in digits diffusion model (EMA weights -> ldd_fast/zoo/weights).",
         epilog="Example: python -m ldd_fast.zoo.train digits --variant edm --steps 5000 --threads 1",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -410,8 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    return run_command(PROG, lambda: _train(args))
+
+
+def _train(args) -> int:
     if args.steps <= 0 or args.batch <= 0 or args.threads <= 0 or args.ckpt_every <= 0 or args.log_every <= 0:
-        raise SystemExit("--steps, --batch, --threads, --ckpt-every and --log-every must be positive")
+        raise InvalidArgument("--steps, --batch, --threads, --ckpt-every and --log-every must be positive")
     torch.set_num_threads(args.threads)
     from tqdm import tqdm
 

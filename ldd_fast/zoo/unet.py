@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidArgument
+
 __all__ = ["TinyUNet", "PositionalEmbedding", "FourierEmbedding"]
 
 
@@ -55,7 +57,7 @@ class PositionalEmbedding(nn.Module):
     def __init__(self, channels: int, max_positions: int = 10000):
         super().__init__()
         if channels % 2:
-            raise ValueError(f"PositionalEmbedding: channels must be even, got {channels}")
+            raise InvalidArgument(f"PositionalEmbedding: channels must be even, got {channels}")
         half = channels // 2
         # EDM's endpoint=True variant: frequencies run from 1 down to exactly 1/max_positions.
         freqs = (1.0 / max_positions) ** (torch.arange(half, dtype=torch.float32) / max(half - 1, 1))
@@ -77,7 +79,7 @@ class FourierEmbedding(nn.Module):
     def __init__(self, channels: int, scale: float = 16.0, seed: int = 0):
         super().__init__()
         if channels % 2:
-            raise ValueError(f"FourierEmbedding: channels must be even, got {channels}")
+            raise InvalidArgument(f"FourierEmbedding: channels must be even, got {channels}")
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("freqs", torch.randn(channels // 2, generator=gen) * scale)
 
@@ -115,7 +117,7 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.heads = max(1, channels // head_channels)
         if channels % self.heads:
-            raise ValueError(f"SelfAttention: {channels} channels do not split into {self.heads} heads")
+            raise InvalidArgument(f"SelfAttention: {channels} channels do not split into {self.heads} heads")
         self.norm = _norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
@@ -180,18 +182,20 @@ class TinyUNet(nn.Module):
         channel_mult = [int(m) for m in channel_mult]
         attn_resolutions = [int(r) for r in attn_resolutions]
         if not channel_mult or any(m <= 0 for m in channel_mult):
-            raise ValueError(f"TinyUNet: channel_mult must be a non-empty list of positive ints, got {channel_mult}")
+            raise InvalidArgument("TinyUNet: channel_mult must be a non-empty list of positive ints, got "
+                                  f"{channel_mult}")
         if img_resolution <= 0 or img_resolution % (2 ** (len(channel_mult) - 1)):
-            raise ValueError(f"TinyUNet: img_resolution={img_resolution} is not divisible by "
-                             f"2^{len(channel_mult) - 1} (one halving per extra level)")
+            raise InvalidArgument(f"TinyUNet: img_resolution={img_resolution} is not divisible by "
+                                  f"2^{len(channel_mult) - 1} (one halving per extra level)")
         if in_channels <= 0 or model_channels <= 0 or num_res_blocks <= 0:
-            raise ValueError("TinyUNet: in_channels, model_channels and num_res_blocks must be positive")
+            raise InvalidArgument("TinyUNet: in_channels, model_channels and num_res_blocks must be positive")
         if num_classes < 2:
-            raise ValueError(f"TinyUNet: num_classes counts the null class too, so must be >= 2, got {num_classes}")
+            raise InvalidArgument("TinyUNet: num_classes counts the null class too, so must be >= 2, got "
+                                  f"{num_classes}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"TinyUNet: dropout must lie in [0, 1), got {dropout}")
+            raise InvalidArgument(f"TinyUNet: dropout must lie in [0, 1), got {dropout}")
         if embedding_type not in ("positional", "fourier"):
-            raise ValueError(f"TinyUNet: embedding_type must be 'positional' or 'fourier', got {embedding_type!r}")
+            raise InvalidArgument(f"TinyUNet: embedding_type must be 'positional' or 'fourier', got {embedding_type!r}")
         noise_channels = int(noise_channels or model_channels)
         emb_ch = 4 * model_channels  # DDPM / EDM: embedding width = 4x base width
 
@@ -262,27 +266,27 @@ class TinyUNet(nn.Module):
             cond: integer class labels [B] in [0, num_classes - 1], or None for the null class.
         """
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise ValueError(f"TinyUNet: x must be a [B, C, H, W] tensor, got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+            raise InvalidArgument(f"TinyUNet: x must be a [B, C, H, W] tensor, got "
+                                  f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         b, c, h, w = x.shape
         if c != self.in_channels or h != self.img_resolution or w != self.img_resolution:
-            raise ValueError(f"TinyUNet: expected x of shape [B, {self.in_channels}, {self.img_resolution}, "
-                             f"{self.img_resolution}], got {list(x.shape)}")
+            raise InvalidArgument(f"TinyUNet: expected x of shape [B, {self.in_channels}, {self.img_resolution}, "
+                                  f"{self.img_resolution}], got {list(x.shape)}")
         t = torch.as_tensor(t, device=x.device)
         if t.dim() == 0:
             t = t.expand(b)
         if t.shape != (b,):
-            raise ValueError(f"TinyUNet: t must be 0-dim or of shape [{b}], got {list(t.shape)}")
+            raise InvalidArgument(f"TinyUNet: t must be 0-dim or of shape [{b}], got {list(t.shape)}")
         if cond is None:
             cond = torch.full((b,), self.null_class, dtype=torch.long, device=x.device)
         else:
             cond = torch.as_tensor(cond, device=x.device)
             if cond.dtype.is_floating_point or cond.dtype.is_complex or cond.dtype == torch.bool:
-                raise ValueError(f"TinyUNet: cond must hold integer class labels, got dtype {cond.dtype}")
+                raise InvalidArgument(f"TinyUNet: cond must hold integer class labels, got dtype {cond.dtype}")
             if cond.dim() == 0:
                 cond = cond.expand(b)
             if cond.shape != (b,):
-                raise ValueError(f"TinyUNet: cond must be None, 0-dim or of shape [{b}], got {list(cond.shape)}")
+                raise InvalidArgument(f"TinyUNet: cond must be None, 0-dim or of shape [{b}], got {list(cond.shape)}")
             cond = cond.long()
 
         emb = self.map_noise(t) + self.map_label(cond)

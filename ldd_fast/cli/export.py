@@ -1,0 +1,140 @@
+"""`ldd-fast export`: a model or a pipeline folder + a schedule file -> one ONNX graph of the whole sampler
+[-> a TensorRT engine]; for a pipeline also a manifest JSON beside the graph (inputs, guidance, components, how
+to decode the latents)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from .common import POSITIVE, CLIError, excludes, finite_float, needs, pipeline_args, pipeline_rules
+from .limits import compute_args, setup_compute
+from .load import load_denoiser, sample_shape
+
+HELP = "export a fixed sampler to ONNX (and TensorRT)"
+TENSORRT_ONLY = ("--min-batch", "--opt-batch", "--max-batch", "--strongly-typed", "--timing-cache", "--workspace")
+RULES = [*pipeline_rules(),
+         needs("--prompt", "--pipeline", "the example condition a pipeline's graph is traced with"),
+         excludes("--conditional", "--pipeline", "a pipeline's graph always takes its prompt embeddings"),
+         *(needs(o, "--tensorrt", "it configures the TensorRT build") for o in TENSORRT_ONLY),
+         *(excludes(o, "--static-batch", "a static batch fixes the engine's batch")
+           for o in ("--min-batch", "--opt-batch", "--max-batch"))]
+
+
+def add_parser(sub, formatter):
+    p = sub.add_parser("export", help=HELP, formatter_class=formatter,
+                       description="A model + a schedule file -> one ONNX graph of the whole sampler (+ its data "
+                                   "file) [-> a TensorRT engine].")
+    p.add_argument("--model", default=None,
+                   help="built-in model name (e.g. digits), package.module:factory returning an lf.Denoiser, or a "
+                        "local diffusers folder (or --pipeline)")
+    p.add_argument("--guidance", type=finite_float, default=None,
+                   help="classifier-free guidance scale baked into the graph (default: 1, off; with --pipeline the "
+                        "pipeline's); a guided graph takes a condition input")
+    pipeline_args(p, "the graph takes the prompt embeddings; a manifest JSON is written beside it")
+    p.add_argument("--prompt", default="a photograph of a cat", help="with --pipeline: the example prompt traced")
+    p.add_argument("--schedule", required=True, help="schedule JSON (lf.Schedule.save / ldd-fast learn)")
+    p.add_argument("--solver", default=None, help="solver (default: the schedule's)")
+    p.add_argument("--order", type=POSITIVE, default=None,
+                   help="solver order (default: the schedule's or the solver's)")
+    p.add_argument("--variant", default=None, help="solver variant (unipc: bh1 | bh2; dpmpp: taylor)")
+    p.add_argument("--onnx", required=True, help="output graph file; its .data file is written beside it")
+    p.add_argument("--tensorrt", default=None, help="also build a TensorRT engine at this path (needs tensorrt + GPU)")
+    p.add_argument("--fp16", action="store_true",
+                   help="run the network in float16 in the graph (and in the TensorRT engine)")
+    p.add_argument("--shape", type=POSITIVE, nargs="+", help="sample shape C H W if the model does not say it")
+    p.add_argument("--conditional", action="store_true",
+                   help="give the graph a `cond` input of integer class labels (automatic when the model guides)")
+    p.add_argument("--schedule-as-input", action="store_true",
+                   help="coefficients and network times as graph inputs (swap schedules without re-exporting)")
+    p.add_argument("--static-batch", type=POSITIVE, default=None, metavar="B", help="export for this batch size only")
+    p.add_argument("--opset", type=POSITIVE, default=None, help="ONNX opset (>= 18; default: torch's exporter's)")
+    p.add_argument("--method", choices=("compose", "trace"), default="compose", help=argparse.SUPPRESS)
+    p.add_argument("--force", action="store_true", help="use a schedule made for another model / solver")
+    p.add_argument("--min-batch", type=POSITIVE, default=None, help="TensorRT profile: smallest batch (default 1)")
+    p.add_argument("--opt-batch", type=POSITIVE, default=None,
+                   help="TensorRT profile: batch to tune for (default: max)")
+    p.add_argument("--max-batch", type=POSITIVE, default=None, help="TensorRT profile: largest batch (default 64)")
+    p.add_argument("--strongly-typed", action="store_true", help="TensorRT 10.x: build a strongly typed network")
+    p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file (read and updated)")
+    p.add_argument("--workspace", type=POSITIVE, default=None, help="TensorRT builder workspace limit in MiB")
+    p.add_argument("--verify", action="store_true",
+                   help="run the graph with onnxruntime and report its difference to the eager sampler")
+    compute_args(p)
+    return p
+
+
+def validate(args, given) -> None:
+    if not args.model and not args.pipeline:
+        raise CLIError("export needs --model or --pipeline")
+    if not args.onnx.endswith(".onnx"):
+        raise CLIError(f"--onnx {args.onnx}: the graph is a .onnx file (its weights go to <name>.onnx.data beside it)")
+    lo, hi = args.min_batch or 1, args.max_batch or 64
+    opt = args.opt_batch or hi
+    if not lo <= opt <= hi:
+        raise CLIError(f"need --min-batch <= --opt-batch <= --max-batch, got {lo}, {opt}, {hi}")
+
+
+def run(args) -> int:
+    from ..cond import map_cond
+    from ..export import OnnxSampler, build_tensorrt, manifest_path, to_onnx, write_pipeline_manifest
+    from ..io import check_output_path
+    from ..sample import sample
+    from ..schedule import Schedule
+
+    check_output_path(args.onnx, "--onnx")
+    if args.tensorrt:
+        check_output_path(args.tensorrt, "--tensorrt")
+    if args.timing_cache:
+        check_output_path(args.timing_cache, "--timing-cache")
+    sched = Schedule.load(args.schedule)
+    if args.pipeline:
+        check_output_path(manifest_path(args.onnx), "the manifest beside --onnx")
+    device = setup_compute(args)
+    den = load_denoiser(args).to(device)
+    shape = sample_shape(den, args.shape)
+    batch = args.static_batch or 1
+
+    def conditions(n):  # one example row, repeated: the graph's batch axis is what matters
+        if args.pipeline:
+            return map_cond(lambda c: c.expand(n, *c.shape[1:]).contiguous(), den.encode_prompt([args.prompt]))
+        if args.conditional or den.guidance_scale != 1.0:
+            return torch.zeros(n, dtype=torch.long, device=device)
+        return None
+
+    z = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0)).to(device)
+    cond = conditions(batch)
+    options = {"variant": args.variant} if args.variant else {}
+    info = to_onnx(den, sched, args.onnx, z, solver=args.solver, order=args.order, cond=cond,
+                   dynamic_batch=args.static_batch is None, dtype=torch.float16 if args.fp16 else None,
+                   opset=args.opset, schedule_as_input=args.schedule_as_input, method=args.method,
+                   force=args.force, **options)
+    m = info.metadata
+    print(f"wrote {info.path}" + (f" + {info.data_path}" if info.data_path else "")
+          + f": {m['solver']}{m['order']}, nfe {m['nfe']}, inputs {', '.join(info.inputs)}, network {m['dtype']}, "
+          f"{info.file_bytes / 2**20:.2f} MiB (one copy of the weights: {info.network_bytes / 2**20:.2f} MiB)")
+    if args.pipeline:
+        from ..io import read_json
+
+        components = [k for k in read_json(os.path.join(args.pipeline, "model_index.json"), "pipeline index")
+                      if not k.startswith("_")]
+        print(f"wrote {write_pipeline_manifest(info, den, pipeline_folder=args.pipeline, components=components)}: "
+              f"inputs, guidance, components and how to decode the latents")
+    if args.verify:
+        runner = OnnxSampler(info.path)
+        zz = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1)).to(device)
+        cc = conditions(3)
+        with torch.no_grad():
+            ref = sample(den, zz, sched, solver=args.solver, order=args.order, cond=cc, force=args.force, **options)
+        diff = float((runner(zz, cc) - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+        print(f"onnxruntime vs eager sampler (batch 3): max|diff| / max|ref| = {diff:.2e}")
+    if args.tensorrt:
+        opt = args.opt_batch or args.max_batch or 64
+        lo, hi = (batch, batch) if args.static_batch else (args.min_batch or 1, args.max_batch or 64)
+        path = build_tensorrt(info.path, args.tensorrt, min_batch=lo, opt_batch=batch if args.static_batch else opt,
+                              max_batch=hi, fp16=args.fp16, strongly_typed=args.strongly_typed,
+                              timing_cache=args.timing_cache,
+                              workspace=None if args.workspace is None else args.workspace << 20)
+        print(f"wrote {path} (TensorRT engine, batch {lo}..{hi}) and {path}.json")
+    return 0
