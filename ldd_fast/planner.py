@@ -30,7 +30,6 @@ runs by default, and on the chosen backend, so that the backend's share of the g
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -222,17 +221,10 @@ def plan_sampler(den: Denoiser, *, budget_ms: float, batch: int = 1, max_nfe: in
     if not isinstance(den, Denoiser):
         raise InvalidArgumentType(f"expected an ldd_fast Denoiser, got {type(den).__name__}")
     # Every argument before anything is timed or learned.
-    if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)):
-        raise InvalidArgumentType(f"budget_ms must be a positive number, got {type(budget_ms).__name__}")
-    if not (budget_ms > 0 and math.isfinite(budget_ms)):
-        raise InvalidArgument(f"budget_ms must be a positive number, got {budget_ms!r}")
-    integer(batch, "batch")
-    integer(max_nfe, "max_nfe")
-    if not (batch >= 1 and max_nfe >= 1):
-        raise InvalidArgument(f"need batch >= 1 and max_nfe >= 1, got {batch}, {max_nfe}")
-    string(learn, "learn")
-    if learn not in LEARN:
-        raise InvalidArgument(f"learn must be one of {LEARN}, got {learn!r}")
+    positive_number(budget_ms, "budget_ms")
+    integer(batch, "batch", 1)
+    integer(max_nfe, "max_nfe", 1)
+    string(learn, "learn", LEARN)
     if not isinstance(candidates, (tuple, list)) or not candidates or not all(
             isinstance(c, (tuple, list)) and len(c) == 2 for c in candidates):
         raise InvalidArgumentType(f"candidates must be a non-empty list of (solver, order) pairs, got "
