@@ -12,6 +12,7 @@ from .sample import plan_for, run_plan, sample
 from .adapters import from_diffusers
 from .pipelines import from_pipeline
 from .diffusers_scheduler import to_diffusers_scheduler
+from .k_diffusion import k_sampler, to_sigmas
 from .sampler import Sampler
 from .learn import LD3Config, LearnResult, learn
 from .teacher import TeacherData, TeacherSpec, make_teacher
@@ -24,7 +25,7 @@ __all__ = [
     "Plan", "SOLVERS", "make_plan", "sample", "plan_for", "run_plan",
     "LddFastError", "ScheduleError", "IncompatibleSchedule", "NoiseScheduleError", "StateFileError", "ConditionError",
     "NonFiniteSample", "InvalidArgument", "InvalidArgumentType", "Unavailable", "MissingDependency", "ForcedSchedule",
-    "from_diffusers", "from_pipeline", "to_diffusers_scheduler", "Sampler",
+    "from_diffusers", "from_pipeline", "to_diffusers_scheduler", "to_sigmas", "k_sampler", "Sampler",
     "learn", "LD3Config", "LearnResult", "TeacherSpec", "TeacherData", "make_teacher",
 ]
 

@@ -100,6 +100,7 @@ SCHED = lf.discretize(NOISE, 2, "edm")
 Z = torch.randn(2, *SHAPE)
 PLAN = lf.plan_for(DEN, SCHED, solver="euler")
 SAMPLER = lf.Sampler(DEN, SCHED, solver="euler")
+K_SAMPLER = lf.k_sampler(SCHED, solver="euler")
 class UNet2DModel(torch.nn.Module):
     """Duck-typed as diffusers' (from_diffusers reads class names and configs, never imports diffusers)."""
     config = {"in_channels": 1, "out_channels": 1, "sample_size": 4, "block_out_channels": (4, 4)}
@@ -143,6 +144,10 @@ TABLE = {
     "from_diffusers": (lf.from_diffusers, {"unet": "<unet>", "scheduler": {"num_train_timesteps": 10,
                                                                           "beta_schedule": "linear"}}, (), None),
     "to_diffusers_scheduler": (lf.to_diffusers_scheduler, {"schedule": SCHED, "solver": "dpmpp"}, (), None),
+    "to_sigmas": (lf.to_sigmas, {"schedule": SCHED}, (), None),
+    "k_sampler": (lf.k_sampler, {"schedule": SCHED, "solver": "dpmpp"}, OPTIONS, None),
+    "k_sampler.__call__": (K_SAMPLER, {"model": lambda x, sigma: DEN(x, sigma), "x": Z * NOISE.prior_scale,
+                                       "sigmas": lf.to_sigmas(SCHED)}, (), None),
     "learn": (lf.learn, {"den": DEN, "solver": "euler", "nfe": 2, "shape": SHAPE, "n_train": 1, "n_valid": 1,
                          "show_progress": False}, ("lower_order_final", "variant"), None),
     "LD3Config": (lf.LD3Config, {}, (), None),

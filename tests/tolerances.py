@@ -67,4 +67,15 @@ TOL = {
     # float32 convolutions in TF32 by default on Ampere and later (10-bit mantissa, like fp16), so it is
     # held to the fp16 bound. Not measured yet: the development machine has no GPU / TensorRT.
     "tensorrt_vs_eager": 1e-2,
+    # lf.k_sampler in float32 (network, state, sigmas: ComfyUI's call) vs lf.sample in float64: lf.sample's own
+    # float32 run is 1.7e-5 away, and k-diffusion's VE form starts at sigma_max z = 157 z, where denoised =
+    # x + c_out eps cancels (~157 x 6e-8 = 1e-5 of the first D). Measured <= 1.9e-5.
+    "k_sampler_fp32": 1e-4,
+    # k-diffusion's get_sigmas_karras vs our "edm" grid: its ramp is float32 raised to rho = 7 (7x its rounding,
+    # 6e-8, and up to ~5x more where the ramp cancels toward sigma_min^(1/7)). Measured <= 1.4e-6.
+    "karras_fp32_ramp": 4e-6,
+    # k-diffusion's discrete wrapper interpolates log sigma over the training index, lf.VPDiscrete log alpha in
+    # t: the index differs by <= 3e-3 of a step between grid points, the Euler sample by far less. Measured
+    # 1.7e-5 (the lower bound 1e-9 shows the two maps really differ off the grid).
+    "k_diffusion_time_map": 1e-4,
 }
