@@ -24,7 +24,9 @@ EXTRAS = {
     "lpips": ["lpips>=0.1.4"],
 }
 EXTRAS["test"] = sorted(
-    {"pytest>=7", "scipy>=1.10", "hypothesis>=6.100"} | set(EXTRAS["demo"]) | set(EXTRAS["pipelines"])
+    # tritonclient: the Triton model config protobuf that tests/test_serving.py parses config.pbtxt with
+    {"pytest>=7", "scipy>=1.10", "hypothesis>=6.100", "tritonclient[grpc]"} | set(EXTRAS["demo"])
+    | set(EXTRAS["pipelines"])
     | set(EXTRAS["export"]) | set(EXTRAS["triton"])
 )
 
@@ -34,7 +36,7 @@ setup(
     description="Learned time discretisations (LD3) and compiled low-NFE samplers for diffusion models",
     python_requires=">=3.10",
     packages=[
-        "ldd_fast", "ldd_fast.cli", "ldd_fast.solvers", "ldd_fast.zoo",
+        "ldd_fast", "ldd_fast.cli", "ldd_fast.serving", "ldd_fast.solvers", "ldd_fast.zoo",
         "ldd_fast.kernels", "ldd_fast.export",
     ],
     package_dir={"ldd_fast.kernels": "kernels", "ldd_fast.export": "export"},

@@ -1,6 +1,6 @@
 """`ldd-fast export`: a model or a pipeline folder + a schedule file -> one ONNX graph of the whole sampler
 [-> a TensorRT engine]; for a pipeline also a manifest JSON beside the graph (inputs, guidance, components, how
-to decode the latents)."""
+to decode the latents); with --triton-repo a Triton Inference Server model repository (ldd_fast.serving)."""
 from __future__ import annotations
 
 import argparse
@@ -8,24 +8,33 @@ import os
 
 import torch
 
-from .common import POSITIVE, CLIError, excludes, finite_float, needs, pipeline_args, pipeline_rules
+from ..errors import LddFastError
+from .common import (POSITIVE, CLIError, check_folder, excludes, finite_float, needs, pipeline_args,
+                     pipeline_rules)
 from .limits import compute_args, setup_compute
 from .load import load_denoiser, sample_shape
 
-HELP = "export a fixed sampler to ONNX (and TensorRT)"
-TENSORRT_ONLY = ("--min-batch", "--opt-batch", "--max-batch", "--strongly-typed", "--timing-cache", "--workspace")
+HELP = "export a fixed sampler to ONNX (and TensorRT), or as a Triton Inference Server model repository"
+TENSORRT_ONLY = ("--min-batch", "--opt-batch", "--strongly-typed", "--timing-cache", "--workspace")
+TRITON_ONLY = ("--name", "--triton-backend", "--instances")
+# Options that only configure the ONNX graph: refused when no graph is written (eager backend, no --onnx).
+GRAPH_ONLY = ("--fp16", "--opset", "--schedule-as-input", "--verify", "--tensorrt")
 RULES = [*pipeline_rules(),
          needs("--prompt", "--pipeline", "the example condition a pipeline's graph is traced with"),
          excludes("--conditional", "--pipeline", "a pipeline's graph always takes its prompt embeddings"),
          *(needs(o, "--tensorrt", "it configures the TensorRT build") for o in TENSORRT_ONLY),
+         needs("--max-batch", "--tensorrt or --triton-repo", "the largest batch of the engine or of Triton's batcher"),
          *(excludes(o, "--static-batch", "a static batch fixes the engine's batch")
-           for o in ("--min-batch", "--opt-batch", "--max-batch"))]
+           for o in ("--min-batch", "--opt-batch", "--max-batch")),
+         *(needs(o, "--triton-repo", "it configures the Triton model repository") for o in TRITON_ONLY),
+         excludes("--triton-repo", "--pipeline", "a pipeline's prompt inputs are not served by Triton yet"),
+         excludes("--static-batch", "--triton-repo", "Triton batches requests dynamically")]
 
 
 def add_parser(sub, formatter):
     p = sub.add_parser("export", help=HELP, formatter_class=formatter,
                        description="A model + a schedule file -> one ONNX graph of the whole sampler (+ its data "
-                                   "file) [-> a TensorRT engine].")
+                                   "file) [-> a TensorRT engine] [-> a Triton Inference Server model repository].")
     p.add_argument("--model", default=None,
                    help="built-in model name (e.g. digits), package.module:factory returning an lf.Denoiser, or a "
                         "local diffusers folder (or --pipeline)")
@@ -39,13 +48,15 @@ def add_parser(sub, formatter):
     p.add_argument("--order", type=POSITIVE, default=None,
                    help="solver order (default: the schedule's or the solver's)")
     p.add_argument("--variant", default=None, help="solver variant (unipc: bh1 | bh2; dpmpp: taylor)")
-    p.add_argument("--onnx", required=True, help="output graph file; its .data file is written beside it")
+    p.add_argument("--onnx", default=None,
+                   help="output graph file; its .data file is written beside it (optional with --triton-repo)")
     p.add_argument("--tensorrt", default=None, help="also build a TensorRT engine at this path (needs tensorrt + GPU)")
     p.add_argument("--fp16", action="store_true",
                    help="run the network in float16 in the graph (and in the TensorRT engine)")
     p.add_argument("--shape", type=POSITIVE, nargs="+", help="sample shape C H W if the model does not say it")
     p.add_argument("--conditional", action="store_true",
-                   help="give the graph a `cond` input of integer class labels (automatic when the model guides)")
+                   help="give the graph a `cond` input of integer class labels (automatic when the model guides; in "
+                        "a --triton-repo also when the model has class labels)")
     p.add_argument("--schedule-as-input", action="store_true",
                    help="coefficients and network times as graph inputs (swap schedules without re-exporting)")
     p.add_argument("--static-batch", type=POSITIVE, default=None, metavar="B", help="export for this batch size only")
@@ -55,12 +66,23 @@ def add_parser(sub, formatter):
     p.add_argument("--min-batch", type=POSITIVE, default=None, help="TensorRT profile: smallest batch (default 1)")
     p.add_argument("--opt-batch", type=POSITIVE, default=None,
                    help="TensorRT profile: batch to tune for (default: max)")
-    p.add_argument("--max-batch", type=POSITIVE, default=None, help="TensorRT profile: largest batch (default 64)")
+    p.add_argument("--max-batch", type=POSITIVE, default=None,
+                   help="TensorRT profile: largest batch; Triton: max_batch_size, the largest batch of requests "
+                        "one sampler call takes (default 64)")
     p.add_argument("--strongly-typed", action="store_true", help="TensorRT 10.x: build a strongly typed network")
     p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file (read and updated)")
     p.add_argument("--workspace", type=POSITIVE, default=None, help="TensorRT builder workspace limit in MiB")
     p.add_argument("--verify", action="store_true",
                    help="run the graph with onnxruntime and report its difference to the eager sampler")
+    p.add_argument("--triton-repo", default=None, metavar="DIR",
+                   help="also write a Triton Inference Server model repository serving the sampler (DIR/NAME/"
+                        "config.pbtxt + version 1 with a Python-backend model.py); its graph goes inside it when "
+                        "--onnx is not given. Class-conditional models take optional class labels")
+    p.add_argument("--name", default="ldd_sampler", help="with --triton-repo: the model's name (its folder)")
+    p.add_argument("--triton-backend", choices=("onnxruntime", "eager"), default="onnxruntime",
+                   help="with --triton-repo: run the exported graph with onnxruntime, or lf.sample on the model "
+                        "(a built-in model or a diffusers folder, copied into the repository)")
+    p.add_argument("--instances", type=POSITIVE, default=1, help="with --triton-repo: model instances Triton runs")
     compute_args(p)
     return p
 
@@ -68,8 +90,25 @@ def add_parser(sub, formatter):
 def validate(args, given) -> None:
     if not args.model and not args.pipeline:
         raise CLIError("export needs --model or --pipeline")
-    if not args.onnx.endswith(".onnx"):
+    if not args.onnx and not args.triton_repo:
+        raise CLIError("export needs --onnx (a graph file) or --triton-repo (a Triton model repository)")
+    if args.onnx and not args.onnx.endswith(".onnx"):
         raise CLIError(f"--onnx {args.onnx}: the graph is a .onnx file (its weights go to <name>.onnx.data beside it)")
+    if args.triton_repo:
+        from ..serving import check_model_name
+
+        try:
+            check_model_name(args.name)
+        except LddFastError as e:  # its message starts with "name ...": the option's name on the command line
+            raise CLIError(f"--{e}") from None
+        if args.triton_backend == "eager" and args.model and ":" in args.model and not os.path.exists(args.model):
+            raise CLIError(f"--triton-backend eager reloads the model inside Triton from the repository, which never "
+                           f"holds Python code: --model {args.model} needs --triton-backend onnxruntime")
+        if args.triton_backend == "eager" and not args.onnx:
+            for option in GRAPH_ONLY:
+                if option.lstrip("-").replace("-", "_") in given:
+                    raise CLIError(f"{option} configures the ONNX graph, and --triton-backend eager writes none: "
+                                   f"add --onnx FILE or use --triton-backend onnxruntime")
     lo, hi = args.min_batch or 1, args.max_batch or 64
     opt = args.opt_batch or hi
     if not lo <= opt <= hi:
@@ -83,7 +122,10 @@ def run(args) -> int:
     from ..sample import sample
     from ..schedule import Schedule
 
-    check_output_path(args.onnx, "--onnx")
+    if args.onnx:
+        check_output_path(args.onnx, "--onnx")
+    if args.triton_repo:
+        check_folder(args.triton_repo, "--triton-repo")
     if args.tensorrt:
         check_output_path(args.tensorrt, "--tensorrt")
     if args.timing_cache:
@@ -106,14 +148,30 @@ def run(args) -> int:
     z = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0)).to(device)
     cond = conditions(batch)
     options = {"variant": args.variant} if args.variant else {}
-    info = to_onnx(den, sched, args.onnx, z, solver=args.solver, order=args.order, cond=cond,
-                   dynamic_batch=args.static_batch is None, dtype=torch.float16 if args.fp16 else None,
-                   opset=args.opset, schedule_as_input=args.schedule_as_input, method=args.method,
-                   force=args.force, **options)
-    m = info.metadata
-    print(f"wrote {info.path}" + (f" + {info.data_path}" if info.data_path else "")
-          + f": {m['solver']}{m['order']}, nfe {m['nfe']}, inputs {', '.join(info.inputs)}, network {m['dtype']}, "
-          f"{info.file_bytes / 2**20:.2f} MiB (one copy of the weights: {info.network_bytes / 2**20:.2f} MiB)")
+    dtype = torch.float16 if args.fp16 else None
+    info = None
+    if args.onnx:
+        info = to_onnx(den, sched, args.onnx, z, solver=args.solver, order=args.order, cond=cond,
+                       dynamic_batch=args.static_batch is None, dtype=dtype, opset=args.opset,
+                       schedule_as_input=args.schedule_as_input, method=args.method, force=args.force, **options)
+        report_graph(info)
+    if args.triton_repo:
+        from ..serving import write_repository
+
+        graph = {} if args.triton_backend == "eager" else dict(dtype=dtype, opset=args.opset,
+                                                                 schedule_as_input=args.schedule_as_input)
+        repo = write_repository(den, sched, args.triton_repo, model=args.model, name=args.name,
+                                backend=args.triton_backend, max_batch=args.max_batch or 64,
+                                instances=args.instances, solver=args.solver, order=args.order,
+                                conditional=True if args.conditional else None, shape=shape, device=device,
+                                force=args.force, **graph, **options)
+        if repo.graph is not None:
+            report_graph(repo.graph)
+        info = info or repo.graph  # --verify / --tensorrt use the repository's graph when --onnx is not given
+        served = repo.sampler
+        print(f"wrote the Triton model repository {repo.root}: model {args.name} ({served['backend']}, "
+              f"{served['solver']}{served['order']}, nfe {served['nfe']}, max batch {served['max_batch']}, inputs "
+              f"z | seed{', cond' if served['conditional'] else ''}, guidance)")
     if args.pipeline:
         from ..io import read_json
 
@@ -125,6 +183,8 @@ def run(args) -> int:
         runner = OnnxSampler(info.path)
         zz = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1)).to(device)
         cc = conditions(3)
+        if cc is None and runner.conditional:  # the repository's graph of a class-conditional model takes labels
+            cc = torch.zeros(3, dtype=torch.long, device=device)
         with torch.no_grad():
             ref = sample(den, zz, sched, solver=args.solver, order=args.order, cond=cc, force=args.force, **options)
         diff = float((runner(zz, cc) - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
@@ -138,3 +198,10 @@ def run(args) -> int:
                               workspace=None if args.workspace is None else args.workspace << 20)
         print(f"wrote {path} (TensorRT engine, batch {lo}..{hi}) and {path}.json")
     return 0
+
+
+def report_graph(info) -> None:
+    m = info.metadata
+    print(f"wrote {info.path}" + (f" + {info.data_path}" if info.data_path else "")
+          + f": {m['solver']}{m['order']}, nfe {m['nfe']}, inputs {', '.join(info.inputs)}, network {m['dtype']}, "
+          f"{info.file_bytes / 2**20:.2f} MiB (one copy of the weights: {info.network_bytes / 2**20:.2f} MiB)")

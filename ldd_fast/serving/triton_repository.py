@@ -1,0 +1,332 @@
+"""Write a Triton Inference Server model repository that serves a fixed sampler.
+
+    <repo_dir>/<name>/config.pbtxt        backend "python", inputs / output, dynamic batching, instances,
+                                          parameters describing the sampler (for people and clients)
+    <repo_dir>/<name>/1/model.py          triton_model.py, copied verbatim: the Python-backend model
+    <repo_dir>/<name>/1/sampler.json      what model.py runs (backend, files, solver, guidance, labels)
+    <repo_dir>/<name>/1/schedule.json     the schedule (lf.Schedule.save)
+    <repo_dir>/<name>/1/sampler.onnx      backend "onnxruntime": the exported graph (+ sampler.onnx.data)
+    <repo_dir>/<name>/1/model/            backend "eager" with a diffusers folder: its UNet and scheduler config
+
+model.py reads only files of its own version folder, so a repository can be copied to the serving machine
+as it is. The schedule and solver belong to the version (a new schedule is a new version), which is why
+model.py reads sampler.json, not config.pbtxt's parameters (those describe version 1 as written).
+Every file goes through ldd_fast.io's atomic writer (the graph through to_onnx); config.pbtxt is written
+last, so a Triton server polling the folder never sees a model whose files are still being written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+
+import torch
+
+from .._version import __version__
+from ..denoiser import Denoiser
+from ..errors import (InvalidArgument, InvalidArgumentType, device_of, integer, optional_boolean, boolean,
+                      path_like, shape_of, string)
+from ..io import atomic_write, atomic_write_bytes, atomic_write_text, check_output_path, read_json
+from ..sample import plan_for, sampler_options
+from ..schedule import Schedule
+
+BACKENDS = ("onnxruntime", "eager")
+VERSION = "1"                  # the one version this increment writes
+SAMPLER_FILE = "sampler.json"  # what model.py runs
+MODEL_FILE = "model.py"
+SCHEDULE_FILE = "schedule.json"
+GRAPH_FILE = "sampler.onnx"
+DIFFUSERS_DIR = "model"        # a copied diffusers folder (eager backend)
+FORMAT = "ldd-fast triton sampler"
+FORMAT_VERSION = 1
+DIFFUSERS_NETWORKS = ("UNet2DModel", "UNet2DConditionModel")
+# A Triton model name is a folder name in the repository: no separators, no hidden or parent folder.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+@dataclass(frozen=True)
+class TritonRepository:
+    """What write_repository wrote."""
+    root: str            # the repository folder (tritonserver --model-repository)
+    model_dir: str       # root/<name>
+    config_path: str     # root/<name>/config.pbtxt
+    version_dir: str     # root/<name>/1
+    files: tuple         # every file written, absolute paths
+    graph: object        # the OnnxExport of backend "onnxruntime", else None
+    sampler: dict        # the contents of sampler.json
+
+
+def check_model_name(name) -> str:
+    """A Triton model name that is also a safe folder name (it becomes <repo>/<name>)."""
+    string(name, "name")
+    if not _NAME.fullmatch(name):
+        raise InvalidArgument(f"name {name!r:.60}: a Triton model name here is 1-128 letters, digits, '_', '.' or "
+                              f"'-', starting with a letter or digit (it is a folder of the repository)")
+    return name
+
+
+def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str | None = None,
+                     name: str = "ldd_sampler", backend: str = "onnxruntime", max_batch: int = 64,
+                     instances: int = 1, solver: str | None = None, order: int | None = None,
+                     conditional: bool | None = None, shape=None, device=None, dtype: torch.dtype | None = None,
+                     opset: int | None = None, schedule_as_input: bool = False, force: bool = False,
+                     preferred_batch_sizes=None, max_queue_delay_us: int = 1000, **options) -> TritonRepository:
+    """Write a Triton model repository whose Python-backend model runs `lf.sample(den, z, schedule)`.
+
+    Args:
+        den: the model (as loaded: with its guidance scale).
+        schedule: the lf.Schedule (checked against den as lf.plan_for checks it, unless force=True).
+        repo_dir: the repository folder (made if missing); the model goes to repo_dir/<name>/.
+        model: how the model was named (`--model`): a built-in name ("digits") or a local diffusers folder.
+            Needed by backend "eager", which reloads the model inside Triton from the repository; default:
+            den.name for a built-in model. A `module:factory` model imports user code the repository does not
+            hold: serve it with backend "onnxruntime".
+        backend: "onnxruntime" (the exported graph, `ldd_fast.export.OnnxSampler`) or "eager" (`lf.sample`,
+            bit-identical to it for a lone request).
+        max_batch: Triton's max_batch_size: the most samples one sampler call takes (requests are batched).
+        instances: model instances Triton runs (each loads its own sampler).
+        solver, order, force, **options: as for lf.sample (default: the schedule's solver and order).
+        conditional: whether requests may carry class labels (`cond`); default: when the model has a label
+            count (den.num_classes) or guides. A guided model must be conditional.
+        shape: the sample shape (default: den.sample_shape).
+        device: where the instances run: a CUDA device gives KIND_GPU instances, else KIND_CPU (default:
+            the device of den's parameters).
+        dtype, opset, schedule_as_input: the exported graph's (backend "onnxruntime" only; see to_onnx).
+        preferred_batch_sizes: Triton's dynamic batcher sends a batch at once when it reaches one of these
+            (default: [max_batch]).
+        max_queue_delay_us: how long the batcher waits for more requests before it sends a smaller batch.
+    """
+    # Every argument before any file is touched.
+    if not isinstance(den, Denoiser):
+        raise InvalidArgumentType(f"expected an lf.Denoiser, got {type(den).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise InvalidArgumentType(f"schedule must be an lf.Schedule, got {type(schedule).__name__}")
+    root = os.path.abspath(path_like(repo_dir, "repo_dir"))
+    check_model_name(name)
+    string(backend, "backend", BACKENDS)
+    max_batch = integer(max_batch, "max_batch", 1)
+    instances = integer(instances, "instances", 1)
+    optional_boolean(conditional, "conditional")
+    boolean(schedule_as_input, "schedule_as_input")
+    boolean(force, "force")
+    max_queue_delay_us = integer(max_queue_delay_us, "max_queue_delay_us", 0)
+    preferred = _preferred(preferred_batch_sizes, max_batch)
+    if model is not None:
+        string(model, "model")
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise InvalidArgumentType(f"dtype must be a torch dtype or None, got {type(dtype).__name__}")
+    if opset is not None:
+        integer(opset, "opset")
+    options = sampler_options(options)
+    shape = shape if shape is not None else getattr(den, "sample_shape", None)
+    if shape is None:
+        raise InvalidArgument("the model does not say its sample shape (den.sample_shape): pass shape=(C, H, W)")
+    shape = shape_of(shape, "shape")
+    device = device_of(device) or next((p.device for p in den.parameters()), torch.device("cpu"))
+    if backend == "eager":
+        graph_only = {"dtype": dtype is not None, "opset": opset is not None, "schedule_as_input": schedule_as_input}
+        given = [k for k, v in graph_only.items() if v]
+        if given:
+            raise InvalidArgument(f"{', '.join(given)} configure(s) the exported graph; backend 'eager' runs "
+                                  f"lf.sample on the model as loaded: use backend 'onnxruntime'")
+    plan = plan_for(den, schedule, solver=solver, order=order, force=force, **options)
+    guidance = den.guidance_scale
+    conditional = _conditional(den, conditional)
+    null_label = _null_label(den) if conditional else None
+    source = _model_source(den, model) if backend == "eager" else None
+
+    model_dir = os.path.join(root, name)
+    version_dir = os.path.join(model_dir, VERSION)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise NotADirectoryError(f"the Triton repository {root} exists and is not a folder")
+    os.makedirs(version_dir, exist_ok=True)
+    config_path = check_output_path(os.path.join(model_dir, "config.pbtxt"), "Triton config")
+    for f in (MODEL_FILE, SAMPLER_FILE, SCHEDULE_FILE):
+        check_output_path(os.path.join(version_dir, f), f"Triton model's {f}")
+
+    files = []
+    graph = None
+    if backend == "onnxruntime":
+        from ..export import to_onnx
+
+        example_z = torch.zeros(1, *shape, device=device)
+        example_cond = torch.full((1,), null_label if null_label is not None else 0, dtype=torch.long,
+                                  device=device) if conditional else None
+        graph = to_onnx(den, schedule, os.path.join(version_dir, GRAPH_FILE), example_z, solver=plan.solver,
+                        order=plan.order, cond=example_cond, dynamic_batch=True, dtype=dtype, opset=opset,
+                        schedule_as_input=schedule_as_input, force=force, **options)
+        files += [graph.path] + ([graph.data_path] if graph.data_path else [])
+    elif "diffusers" in source:
+        files += _copy_diffusers(model, os.path.join(version_dir, DIFFUSERS_DIR))
+    schedule_path = os.path.join(version_dir, SCHEDULE_FILE)
+    schedule.save(schedule_path)
+    files.append(schedule_path)
+
+    sampler = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "ldd_fast": __version__,
+        "backend": backend, "graph": GRAPH_FILE if backend == "onnxruntime" else None, "model": source,
+        "schedule": SCHEDULE_FILE, "solver": plan.solver, "order": plan.order, "options": dict(options),
+        "force": force, "nfe": plan.nfe, "guidance": guidance, "sample_shape": list(shape),
+        "conditional": conditional, "num_classes": den.num_classes if conditional else None,
+        "null_label": null_label, "max_batch": max_batch, "fingerprint": den.fingerprint(),
+    }
+    sampler_path = os.path.join(version_dir, SAMPLER_FILE)
+    atomic_write_text(sampler_path, json.dumps(sampler, indent=1) + "\n")
+    model_path = os.path.join(version_dir, MODEL_FILE)
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton_model.py"), "rb") as f:
+        atomic_write_bytes(model_path, f.read())
+    kind = "KIND_GPU" if device.type == "cuda" else "KIND_CPU"
+    atomic_write_text(config_path, config_text(name, sampler, schedule, max_batch=max_batch, instances=instances,
+                                               kind=kind, preferred=preferred, delay_us=max_queue_delay_us))
+    files += [sampler_path, model_path, config_path]
+    return TritonRepository(root, model_dir, config_path, version_dir, tuple(files), graph, sampler)
+
+
+def _preferred(sizes, max_batch: int) -> list[int]:
+    if sizes is None:
+        return [max_batch]
+    if not isinstance(sizes, (list, tuple)) or not sizes:
+        raise InvalidArgumentType(f"preferred_batch_sizes must be a non-empty list of ints, got {sizes!r:.60}")
+    out = sorted({integer(s, "preferred_batch_sizes", 1) for s in sizes})
+    if out[-1] > max_batch:
+        raise InvalidArgument(f"preferred_batch_sizes {out} exceed max_batch {max_batch}")
+    return out
+
+
+def _conditional(den: Denoiser, conditional: bool | None) -> bool:
+    guided = den.guidance_scale != 1.0
+    if conditional is None:
+        conditional = den.num_classes is not None or guided
+    if guided and not conditional:
+        raise InvalidArgument(f"the model guides (guidance_scale={den.guidance_scale:g}) and needs a condition: "
+                              f"the repository must be conditional")
+    return conditional
+
+
+def _null_label(den: Denoiser) -> int | None:
+    """The label a request without `cond` gets (the model's unconditional class), or None when it has none.
+    The repository's `cond` input holds class labels; a model whose condition is something else (prompt
+    embeddings) is not served by this increment."""
+    null = den.null_cond
+    if null is None:
+        return None
+    if not isinstance(null, torch.Tensor) or null.is_floating_point() or null.is_complex() or null.numel() != 1:
+        raise InvalidArgument("the Triton repository takes class labels as its condition; this model's null "
+                              "condition is not one label (prompt embeddings are not served yet)")
+    return int(null.reshape(()))
+
+
+def _model_source(den: Denoiser, model: str | None) -> dict:
+    """How model.py reloads the model (backend "eager"): a built-in name, or a diffusers folder it copies."""
+    from ..zoo import available
+
+    builtin = available()
+    if model is None:
+        model = getattr(den, "name", None)
+        if model not in builtin:
+            raise InvalidArgument("backend 'eager' reloads the model inside Triton: pass model= a built-in name or a "
+                                  "diffusers folder, or use backend 'onnxruntime'")
+    if model in builtin:
+        return {"builtin": model}
+    if os.path.isdir(model):
+        if den.guidance_scale != 1.0:
+            raise InvalidArgument(f"model {model}: backend 'eager' reloads a diffusers folder unguided; its guidance "
+                                  f"({den.guidance_scale:g}) cannot be rebuilt from the folder: use backend "
+                                  f"'onnxruntime'")
+        config = read_json(os.path.join(_sub(model, "unet"), "config.json"), "UNet config", InvalidArgument)
+        cls_name = config.get("_class_name", "UNet2DModel") if isinstance(config, dict) else None
+        if cls_name not in DIFFUSERS_NETWORKS:
+            raise InvalidArgument(f"model {model}: its UNet config names class {cls_name!r}, not one of "
+                                  f"{', '.join(DIFFUSERS_NETWORKS)}")
+        return {"diffusers": DIFFUSERS_DIR, "class": cls_name}
+    raise InvalidArgument(f"model {model!r}: backend 'eager' reloads the model inside Triton from the repository, "
+                          f"which holds a built-in name or a copied diffusers folder, never Python code "
+                          f"(module:factory): use backend 'onnxruntime'")
+
+
+def _sub(folder: str, part: str) -> str:
+    """A diffusers folder holds its UNet and scheduler either in subfolders or at its top (as `--model` reads it)."""
+    sub = os.path.join(folder, part)
+    return sub if os.path.isdir(sub) else folder
+
+
+def _copy_diffusers(folder: str, dst: str) -> list[str]:
+    """The files `--model DIR` reads (UNet config + safetensors weights, scheduler config), as dst/unet and
+    dst/scheduler; a pickled .bin is never copied (nor ever loaded)."""
+    unet_dir, sched_dir = _sub(folder, "unet"), _sub(folder, "scheduler")
+    wanted = [(unet_dir, n, "unet") for n in sorted(os.listdir(unet_dir))
+              if n == "config.json" or n.startswith("diffusion_pytorch_model") and ".safetensors" in n]
+    wanted.append((sched_dir, "scheduler_config.json", "scheduler"))
+    if not any(".safetensors" in n for _, n, _ in wanted):
+        raise InvalidArgument(f"model {folder}: no safetensors weights (diffusion_pytorch_model.safetensors) in "
+                              f"{unet_dir}")
+    out = []
+    for src_dir, file, part in wanted:
+        os.makedirs(os.path.join(dst, part), exist_ok=True)
+        target = os.path.join(dst, part, file)
+        src = os.path.join(src_dir, file)
+        atomic_write(target, lambda tmp, src=src: shutil.copyfile(src, tmp))
+        out.append(target)
+    return out
+
+
+# ----- config.pbtxt ------------------------------------------------------------------------------------
+
+def _text(s: str) -> str:
+    """A protobuf text-format string literal: quotes, backslashes and control characters escaped (octal, which
+    every protobuf version reads; json's \\u escapes are not), other characters as UTF-8."""
+    out = []
+    for ch in s:
+        if ch in "\\\"":
+            out.append("\\" + ch)
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(f"\\{ord(ch):03o}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _dims(shape) -> str:
+    return "[ " + ", ".join(str(int(d)) for d in shape) + " ]"
+
+
+def _input(name: str, data_type: str, dims) -> str:
+    # Every input is optional: a request sends z or seed, and cond / guidance only when it needs them.
+    return (f"  {{\n    name: \"{name}\"\n    data_type: {data_type}\n    dims: {_dims(dims)}\n"
+            f"    optional: true\n  }}")
+
+
+def config_text(name: str, sampler: dict, schedule: Schedule, *, max_batch: int, instances: int, kind: str,
+                preferred, delay_us: int) -> str:
+    """config.pbtxt (protobuf text format of Triton's ModelConfig)."""
+    shape = sampler["sample_shape"]
+    # Per-row dims exclude the batch dimension (max_batch_size > 0): a request's z is [B, C, H, W]; labels,
+    # seeds and guidance are dims [1], so [B, 1] in a request (dims [] is not a batchable shape in Triton).
+    inputs = [_input("z", "TYPE_FP32", shape), _input("seed", "TYPE_INT64", [1])]
+    if sampler["conditional"]:
+        inputs.append(_input("cond", "TYPE_INT64", [1]))
+    inputs.append(_input("guidance", "TYPE_FP32", [1]))
+    params = {
+        "ldd_fast_version": __version__, "backend": sampler["backend"], "solver": sampler["solver"],
+        "order": str(sampler["order"]), "nfe": str(sampler["nfe"]), "guidance": repr(sampler["guidance"]),
+        "schedule": SCHEDULE_FILE, "schedule_origin": str(schedule.origin or ""),
+        "options": json.dumps(sampler["options"], sort_keys=True), "sampler_file": SAMPLER_FILE,
+        "num_classes": "" if sampler["num_classes"] is None else str(sampler["num_classes"]),
+    }
+    lines = [
+        f"# Written by ldd-fast {__version__} (ldd_fast.serving.write_repository). The parameters describe",
+        f"# version 1 as written; model.py runs what 1/{SAMPLER_FILE} says.",
+        f"name: {_text(name)}",
+        "backend: \"python\"",
+        f"max_batch_size: {max_batch}",
+        "input [\n" + ",\n".join(inputs) + "\n]",
+        f"output [\n  {{\n    name: \"x0\"\n    data_type: TYPE_FP32\n    dims: {_dims(shape)}\n  }}\n]",
+        f"dynamic_batching {{\n  preferred_batch_size: {_dims(preferred)}\n"
+        f"  max_queue_delay_microseconds: {delay_us}\n}}",
+        f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]",
+    ]
+    lines += [f"parameters: {{\n  key: {_text(k)}\n  value: {{ string_value: {_text(v)} }}\n}}"
+              for k, v in params.items()]
+    return "\n".join(lines) + "\n"
