@@ -19,7 +19,8 @@ EXTRAS = {
     "tensorrt": ["tensorrt>=10.0"],
     "diffusers": ["diffusers>=0.30", "safetensors"],
     # lf.from_pipeline / ldd-fast learn --pipeline: the pipelines' text encoders and tokenizers
-    "pipelines": ["diffusers>=0.30", "safetensors", "transformers>=4.46"],
+    # accelerate: diffusers loads models that keep some layers in float32 (Wan's transformer) only with it
+    "pipelines": ["diffusers>=0.30", "safetensors", "transformers>=4.46", "accelerate"],
     "demo": ["scikit-learn>=1.3", "matplotlib>=3.7", "pillow>=10", "tqdm>=4.60", "safetensors"],
     "lpips": ["lpips>=0.1.4"],
 }
@@ -36,7 +37,7 @@ setup(
     description="Learned time discretisations (LD3) and compiled low-NFE samplers for diffusion models",
     python_requires=">=3.10",
     packages=[
-        "ldd_fast", "ldd_fast.cli", "ldd_fast.serving", "ldd_fast.solvers", "ldd_fast.zoo",
+        "ldd_fast", "ldd_fast.cli", "ldd_fast.pipelines", "ldd_fast.serving", "ldd_fast.solvers", "ldd_fast.zoo",
         "ldd_fast.kernels", "ldd_fast.export",
     ],
     package_dir={"ldd_fast.kernels": "kernels", "ldd_fast.export": "export"},

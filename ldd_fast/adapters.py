@@ -1,6 +1,6 @@
 """Adapters from other ecosystems to the one Denoiser contract: diffusers UNets with their DDPM-family
-schedulers, and the flow-matching transformers of Stable Diffusion 3 and Flux with their
-FlowMatchEulerDiscreteScheduler.
+schedulers (SDXL's addition embedding included), and the flow-matching transformers of Stable Diffusion 3,
+Flux and Wan 2.1 with a FlowMatchEulerDiscreteScheduler or a multistep scheduler on flow sigmas.
 
 diffusers is never imported here: a UNet and a scheduler are recognised by their
 class names and `config` (duck typing), so the core stays importable without it.
@@ -33,19 +33,28 @@ def _get(config, key, default=None):
     return getattr(config, key, default)
 
 
+# addition_embed_type -> the added_cond_kwargs entries a UNet2DConditionModel reads beside encoder_hidden_states
+# (diffusers' UNet2DConditionModel.get_aug_embed). A condition names them flat, by the forward's own names.
+ADDED_COND = {"text_time": ("text_embeds", "time_ids")}  # SDXL: pooled text embedding, size / crop micro-conditions
+
+
 class DiffusersUNet(nn.Module):
     """A diffusers UNet2DModel / UNet2DConditionModel as net(x, t_net, cond=None) -> output.
 
     t_net is the continuous float index N t - 1 (never rounded); cond is the class
     label tensor (UNet2DModel with a class embedding) or encoder_hidden_states of
-    shape [B, L, D] (UNet2DConditionModel). The UNet runs in its own dtype; its output
-    is cast back to x's dtype, so a float16 UNet can drive a float32 state.
+    shape [B, L, D] (UNet2DConditionModel). A UNet2DConditionModel with an addition
+    embedding (SDXL's "text_time") takes a dict keyed by its forward argument names, the
+    added_cond_kwargs entries flattened: {"encoder_hidden_states", "text_embeds",
+    "time_ids"}. The UNet runs in its own dtype; its output is cast back to x's dtype, so
+    a float16 UNet can drive a float32 state.
     """
 
-    def __init__(self, unet: nn.Module, kind: str, channel_split: int | None = None):
+    def __init__(self, unet: nn.Module, kind: str, channel_split: int | None = None, added: tuple[str, ...] = ()):
         super().__init__()
         self.unet = unet
         self.kind = kind  # "plain" | "class" | "text"
+        self.added = tuple(added)  # added_cond_kwargs keys the condition must carry
         cfg = unet.config
         self.in_channels = int(_get(cfg, "in_channels"))
         self.sample_size = _get(cfg, "sample_size")
@@ -71,15 +80,37 @@ class DiffusersUNet(nn.Module):
         else:
             if cond is None:
                 raise InvalidArgument("a UNet2DConditionModel needs cond: encoder_hidden_states of shape [B, L, D] "
-                                      "(e.g. the prompt embedding); got cond=None")
-            if not isinstance(cond, torch.Tensor) or cond.dim() != 3:
-                shape = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
-                raise InvalidArgument("cond for a UNet2DConditionModel is encoder_hidden_states of shape [B, L, D], "
-                                      f"got {shape}")
-            out = self.unet(x_in, t_net, encoder_hidden_states=cond.to(dtype), return_dict=False)[0]
+                                      f"(e.g. the prompt embedding){self._dict_hint()}; got cond=None")
+            states, added = self._split(cond)
+            if not isinstance(states, torch.Tensor) or states.dim() != 3:
+                shape = tuple(states.shape) if isinstance(states, torch.Tensor) else type(states).__name__
+                raise InvalidArgument("cond for a UNet2DConditionModel is encoder_hidden_states of shape [B, L, D]"
+                                      f"{self._dict_hint()}, got {shape}")
+            extra = {} if not self.added else {"added_cond_kwargs": {k: v.to(dtype) for k, v in added.items()}}
+            out = self.unet(x_in, t_net, encoder_hidden_states=states.to(dtype), return_dict=False, **extra)[0]
         if self.channel_split is not None:
             out = out[:, :self.channel_split]
         return out.to(x.dtype)
+
+    def _dict_hint(self) -> str:
+        if not self.added:
+            return ""
+        return " in a dict with " + ", ".join(repr(k) for k in self.added) + " (the added_cond_kwargs)"
+
+    def _split(self, cond):
+        """(encoder_hidden_states, {added key: tensor}) from a tensor or a dict named as the forward's arguments."""
+        if not isinstance(cond, Mapping):
+            if self.added:
+                added = ", ".join(repr(k) for k in self.added)
+                raise ConditionError("this UNet2DConditionModel has an addition embedding: its cond is a dict "
+                                     f"{{'encoder_hidden_states': [B, L, D], {added}}} (added_cond_kwargs "
+                                     f"flattened), got {type(cond).__name__}")
+            return cond, {}
+        want = {"encoder_hidden_states", *self.added}
+        if set(cond) != want:
+            raise ConditionError(f"cond for this UNet2DConditionModel is a dict with keys {sorted(want)} (its forward "
+                                 f"argument names, added_cond_kwargs flattened), got keys {sorted(cond)}")
+        return cond["encoder_hidden_states"], {k: cond[k] for k in self.added}
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
@@ -101,10 +132,15 @@ def _unet_kind(unet) -> str:
         raise InvalidArgumentType("expected a diffusers UNet2DModel or UNet2DConditionModel, got "
                                   f"{type(unet).__name__}")
     if "UNet2DConditionModel" in names or _get(cfg, "cross_attention_dim") is not None:
-        if getattr(unet, "class_embedding", None) is not None or _get(cfg, "addition_embed_type") is not None:
-            raise InvalidArgument("this UNet2DConditionModel also needs class_labels or added_cond_kwargs (class / "
-                                  "addition embedding); from_diffusers passes only encoder_hidden_states. Wrap it in "
+        if getattr(unet, "class_embedding", None) is not None:
+            raise InvalidArgument("this UNet2DConditionModel also needs class_labels (a class embedding); "
+                                  "from_diffusers passes encoder_hidden_states and added_cond_kwargs only. Wrap it in "
                                   "your own net(x, t_net, cond) and use lf.Denoiser")
+        added = _get(cfg, "addition_embed_type")
+        if added is not None and added not in ADDED_COND:
+            raise InvalidArgument(f"this UNet2DConditionModel has addition_embed_type={added!r}; from_diffusers "
+                                  f"supports {', '.join(map(repr, ADDED_COND))} (SDXL) only. Wrap it in your own "
+                                  "net(x, t_net, cond) and use lf.Denoiser")
         return "text"
     if "UNet2DModel" in names or _get(cfg, "in_channels") is not None:
         return "class" if getattr(unet, "class_embedding", None) is not None else "plain"
@@ -168,7 +204,7 @@ def _alphas_cumprod(scheduler) -> torch.Tensor:
     return _alphas_cumprod_from_config(cfg)
 
 
-FLOW_TRANSFORMERS = ("SD3Transformer2DModel", "FluxTransformer2DModel")
+FLOW_TRANSFORMERS = ("SD3Transformer2DModel", "FluxTransformer2DModel", "WanTransformer3DModel")
 
 
 def flux_image_ids(height: int, width: int) -> torch.Tensor:
@@ -179,13 +215,16 @@ def flux_image_ids(height: int, width: int) -> torch.Tensor:
 
 
 class DiffusersTransformer(nn.Module):
-    """A Stable Diffusion 3 or Flux transformer as net(x, t_net, cond) -> the flow velocity.
+    """A Stable Diffusion 3, Flux or Wan transformer as net(x, t_net, cond) -> the flow velocity.
 
-    cond = (prompt_embeds [B, L, D], pooled_projections [B, P]), as the pipelines' encode_prompt
-    returns them. SD3 takes the latent [B, C, H, W] and t_net = 1000 t; Flux takes the packed latent
-    [B, (H / 2)(W / 2), 4C] and t_net = t, and its position ids and embedded guidance are constants of
-    this adapter (buffers: part of the model's fingerprint, so a schedule learned for one guidance or
-    resolution refuses another). The transformer runs in its own dtype; the output is cast back.
+    SD3 / Flux: cond = (prompt_embeds [B, L, D], pooled_projections [B, P]), as the pipelines'
+    encode_prompt returns them. SD3 takes the latent [B, C, H, W] and t_net = 1000 t; Flux takes the
+    packed latent [B, (H / 2)(W / 2), 4C] and t_net = t, and its position ids and embedded guidance are
+    constants of this adapter (buffers: part of the model's fingerprint, so a schedule learned for one
+    guidance or resolution refuses another). Wan takes the video latent [B, C, F, H, W], t_net = 1000 t
+    (float32, whatever the transformer's dtype: its time embedding upcasts, a bfloat16 time would round
+    999 to 1000) and cond = encoder_hidden_states [B, L, D] (the T5 prompt embedding). The transformer
+    runs in its own dtype; the output is cast back.
     """
 
     def __init__(self, transformer: nn.Module, kind: str, *, latent_size: tuple[int, int] | None = None,
@@ -213,6 +252,8 @@ class DiffusersTransformer(nn.Module):
                                  torch.tensor(float(embedded_guidance)))
 
     def forward(self, x: torch.Tensor, t_net: torch.Tensor, cond=None) -> torch.Tensor:
+        if self.kind == "wan":
+            return self._wan(x, t_net, cond)
         if not (isinstance(cond, (tuple, list)) and len(cond) == 2
                 and all(isinstance(c, torch.Tensor) for c in cond)):
             raise ConditionError("the condition of an SD3 / Flux transformer is (prompt_embeds [B, L, D], "
@@ -228,17 +269,61 @@ class DiffusersTransformer(nn.Module):
             self.embedded_guidance.to(dtype).expand(x.shape[0])
         return self.transformer(**common, img_ids=self.img_ids, txt_ids=txt_ids, guidance=guidance)[0].to(x.dtype)
 
+    def _wan(self, x: torch.Tensor, t_net: torch.Tensor, cond) -> torch.Tensor:
+        if not isinstance(cond, torch.Tensor) or cond.dim() != 3:
+            got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
+            raise ConditionError("the condition of a Wan transformer is encoder_hidden_states [B, L, D] (the T5 prompt "
+                                 f"embedding, as WanPipeline.encode_prompt returns it), got {got}")
+        cfg = self.transformer.config
+        patch = tuple(int(p) for p in _get(cfg, "patch_size", (1, 2, 2)))
+        channels = int(_get(cfg, "in_channels"))
+        if x.dim() != 5 or x.shape[1] != channels or any(n % p for n, p in zip(x.shape[2:], patch)):
+            raise InvalidArgument(f"a Wan transformer takes video latents [B, {channels}, F, H, W] with F, H, W "
+                                  f"multiples of its patch size {patch}, got shape {tuple(x.shape)}")
+        dtype = getattr(self.transformer, "dtype", None) or next(self.transformer.parameters()).dtype
+        return self.transformer(hidden_states=x.to(dtype), timestep=t_net.to(torch.float32),
+                                encoder_hidden_states=cond.to(dtype), return_dict=False)[0].to(x.dtype)
+
+
+def _check_flow_scheduler(transformer, scheduler, cfg) -> None:
+    """A FlowMatchEulerDiscreteScheduler (or its config), or a multistep scheduler on flow sigmas (Wan's UniPC)."""
+    if cfg is None:
+        raise InvalidArgumentType(f"a {type(transformer).__name__} samples with a FlowMatchEulerDiscreteScheduler or a "
+                                  f"scheduler with use_flow_sigmas=True (or its config dict), got "
+                                  f"{type(scheduler).__name__}")
+    flow_sigmas = _get(cfg, "use_flow_sigmas")
+    if flow_sigmas:
+        pred = _get(cfg, "prediction_type", "epsilon")
+        if pred != "flow_prediction":
+            raise InvalidArgument(f"the scheduler has use_flow_sigmas=True but prediction_type={pred!r}; a flow "
+                                  "transformer predicts the velocity (prediction_type='flow_prediction')")
+    elif flow_sigmas is not None:  # a multistep scheduler on its DDPM-family betas
+        raise InvalidArgument(f"a {type(transformer).__name__} is a flow model, but the scheduler has "
+                              "use_flow_sigmas=False (a DDPM-family VP schedule); set use_flow_sigmas=True and "
+                              "prediction_type='flow_prediction', as Wan ships its UniPCMultistepScheduler")
+    elif not isinstance(scheduler, Mapping) and "FlowMatchEulerDiscreteScheduler" not in _class_names(scheduler) \
+            and _get(cfg, "shift") is None:
+        raise InvalidArgumentType(f"a {type(transformer).__name__} samples with a FlowMatchEulerDiscreteScheduler or a "
+                                  f"scheduler with use_flow_sigmas=True (or its config dict), got "
+                                  f"{type(scheduler).__name__}")
+    if _get(cfg, "invert_sigmas", False) or _get(cfg, "shift_terminal"):
+        raise InvalidArgument("invert_sigmas / shift_terminal change the flow's time axis; not supported")
+
 
 def _flow_from_diffusers(transformer, scheduler, *, guidance_scale, null_cond, latent_size, embedded_guidance):
     names = _class_names(transformer)
-    kind = "flux" if "FluxTransformer2DModel" in names else "sd3"
+    kind = "flux" if "FluxTransformer2DModel" in names else "wan" if "WanTransformer3DModel" in names else "sd3"
     cfg = scheduler if isinstance(scheduler, Mapping) else getattr(scheduler, "config", None)
-    if cfg is None or (not isinstance(scheduler, Mapping) and "FlowMatchEulerDiscreteScheduler"
-                       not in _class_names(scheduler) and _get(cfg, "shift") is None):
-        raise InvalidArgumentType(f"a {type(transformer).__name__} samples with a FlowMatchEulerDiscreteScheduler (or "
-                                  f"its config dict), got {type(scheduler).__name__}")
-    if _get(cfg, "invert_sigmas", False) or _get(cfg, "shift_terminal"):
-        raise InvalidArgument("invert_sigmas / shift_terminal change the flow's time axis; not supported")
+    _check_flow_scheduler(transformer, scheduler, cfg)
+    if latent_size is not None and len(latent_size) != (3 if kind == "wan" else 2):
+        raise InvalidArgument("latent_size is (frames, height, width) of the latent for a Wan transformer and "
+                              f"(height, width) for SD3 / Flux, got {latent_size!r:.60}")
+    if kind == "wan":
+        if embedded_guidance is not None:
+            raise InvalidArgument("embedded_guidance belongs to Flux; a Wan transformer has no guidance embedding")
+        if _get(transformer.config, "image_dim") is not None:
+            raise InvalidArgument("this WanTransformer3DModel has image_dim set (image-to-video: it also reads "
+                                  "encoder_hidden_states_image); from_diffusers takes the text-to-video transformer")
     n_train = int(_get(cfg, "num_train_timesteps", 1000))
     noise = RectifiedFlow(t_min=1.0 / n_train)
     net = DiffusersTransformer(transformer, kind, latent_size=latent_size, embedded_guidance=embedded_guidance)
@@ -246,11 +331,14 @@ def _flow_from_diffusers(transformer, scheduler, *, guidance_scale, null_cond, l
     if kind == "flux":
         h, w = net.latent_size
         shape = (h // 2 * (w // 2), channels)
+    elif kind == "wan":  # no sample_size in its config: the shape is known only from latent_size
+        shape = None if latent_size is None else (channels, *latent_size)
     else:
         size = int(_get(transformer.config, "sample_size"))
         shape = (channels, *(latent_size or (size, size)))
-    # Both pipelines feed their transformer 1000 t (SD3) or t (Flux; the pipeline divides by 1000).
-    return Denoiser(net, noise, prediction="flow", time_input="t1000" if kind == "sd3" else "t",
+    # SD3 and Wan are fed 1000 t, as their pipelines feed the scheduler's timesteps (Wan's UniPC feeds them
+    # truncated to integers; we feed the continuous value); Flux t (its pipeline divides by 1000).
+    return Denoiser(net, noise, prediction="flow", time_input="t" if kind == "flux" else "t1000",
                     guidance_scale=guidance_scale, null_cond=null_cond, sample_shape=shape)
 
 
@@ -258,13 +346,21 @@ def from_diffusers(unet, scheduler, *, guidance_scale: float = 1.0, null_cond=No
                    prediction: str | None = None, latent_size: tuple[int, int] | None = None,
                    embedded_guidance: float | None = None) -> Denoiser:
     """A Denoiser for a diffusers UNet2DModel / UNet2DConditionModel and its DDPM-family scheduler, or for
-    an SD3Transformer2DModel / FluxTransformer2DModel and its FlowMatchEulerDiscreteScheduler.
+    an SD3Transformer2DModel / FluxTransformer2DModel / WanTransformer3DModel and its
+    FlowMatchEulerDiscreteScheduler or a multistep scheduler with use_flow_sigmas=True and
+    prediction_type="flow_prediction" (the UniPCMultistepScheduler Wan ships).
 
     Flow transformers: lf.RectifiedFlow (t_min = 1 / num_train_timesteps, t_max = 1), prediction
-    "flow" (the velocity), time input 1000 t (SD3) or t (Flux), cond = (prompt_embeds,
-    pooled_projections); null_cond the negative prompt's pair for classifier-free guidance.
+    "flow" (the velocity), time input 1000 t (SD3, Wan) or t (Flux), cond = (prompt_embeds,
+    pooled_projections) (SD3, Flux) or encoder_hidden_states [B, L, D] (Wan); null_cond the
+    negative prompt's condition for classifier-free guidance. The scheduler's grid options
+    (shift, flow_shift, dynamic shifting, Karras / exponential sigmas, solver order) are sampling
+    options, not part of the model: ignored here (lf.from_pipeline's pipeline_schedule reproduces them).
+    Wan: the state is the video latent [B, C, F, H, W]; its UniPC feeds the transformer the
+    timesteps int64(1000 sigma) (truncated), this Denoiser the continuous 1000 t (float32).
     latent_size: the unpacked latent's (height, width) (image size / 8); required for Flux, whose
-    state is the packed latent [B, (h / 2)(w / 2), 4C] and whose position ids depend on it.
+    state is the packed latent [B, (h / 2)(w / 2), 4C] and whose position ids depend on it; for Wan
+    (frames, height, width) of the latent, which sets sample_shape (optional).
     embedded_guidance: Flux-dev's guidance input (its pipeline's guidance_scale), fixed here.
 
     Conventions:
@@ -280,9 +376,14 @@ def from_diffusers(unet, scheduler, *, guidance_scale: float = 1.0, null_cond=No
         (either spelling).
       - cond: class labels for a UNet2DModel with a class embedding (class_labels; labels
         outside [0, num_class_embeds) are a ConditionError in every executor),
-        encoder_hidden_states [B, L, D] for a UNet2DConditionModel (required). With
-        guidance_scale != 1, null_cond is the unconditional counterpart (a null class
-        label, the empty-prompt embedding [L, D] or [B, L, D]).
+        encoder_hidden_states [B, L, D] for a UNet2DConditionModel (required). A
+        UNet2DConditionModel with addition_embed_type="text_time" (SDXL) takes a dict
+        keyed by its forward argument names, added_cond_kwargs flattened:
+        {"encoder_hidden_states": [B, L, D], "text_embeds": [B, P], "time_ids": [B, 6]}
+        (exported graph inputs cond_encoder_hidden_states, cond_text_embeds, cond_time_ids).
+        With guidance_scale != 1, null_cond is the unconditional counterpart (a null class
+        label, the empty-prompt embedding [L, D] or [B, L, D], or the same dict for one
+        example).
       - learned variance: a UNet with out_channels = 2 in_channels returns
         [prediction, variance]; the first in_channels channels are used, as diffusers does.
       - the scheduler's sampling options (clip_sample, thresholding, timestep_spacing,
@@ -296,16 +397,17 @@ def from_diffusers(unet, scheduler, *, guidance_scale: float = 1.0, null_cond=No
                              f"{type(null_cond).__name__}")
     if prediction is not None:
         string(prediction, "prediction")
-    if latent_size is not None and (not isinstance(latent_size, (tuple, list)) or len(latent_size) != 2 or any(
+    if latent_size is not None and (not isinstance(latent_size, (tuple, list)) or len(latent_size) not in (2, 3) or any(
             isinstance(v, bool) or not isinstance(v, int) for v in latent_size)):
-        raise InvalidArgumentType(f"latent_size must be (height, width) of ints, got {latent_size!r:.60}")
+        raise InvalidArgumentType(f"latent_size must be (height, width) of ints ((frames, height, width) for a video "
+                                  f"transformer), got {latent_size!r:.60}")
     if embedded_guidance is not None:
         embedded_guidance = finite_number(embedded_guidance, "embedded_guidance")
     if _class_names(unet) & set(FLOW_TRANSFORMERS):
         return _flow_from_diffusers(unet, scheduler, guidance_scale=guidance_scale, null_cond=null_cond,
                                     latent_size=latent_size, embedded_guidance=embedded_guidance)
     if latent_size is not None or embedded_guidance is not None:
-        raise InvalidArgument("latent_size and embedded_guidance belong to the flow transformers (SD3, Flux)")
+        raise InvalidArgument("latent_size and embedded_guidance belong to the flow transformers (SD3, Flux, Wan)")
     kind = _unet_kind(unet)
     cfg = unet.config
     in_ch, out_ch = _get(cfg, "in_channels"), _get(cfg, "out_channels", _get(cfg, "in_channels"))
@@ -338,7 +440,8 @@ def from_diffusers(unet, scheduler, *, guidance_scale: float = 1.0, null_cond=No
                               "schedule")
     pred = _prediction(scheduler_config, prediction)
     noise = VPDiscrete(_alphas_cumprod(scheduler))
-    net = DiffusersUNet(unet, kind, split)
+    added = ADDED_COND.get(_get(cfg, "addition_embed_type"), ()) if kind == "text" else ()
+    net = DiffusersUNet(unet, kind, split, added)
     classes = _get(cfg, "num_class_embeds") if kind == "class" else None
     shape = None
     if sample_size is not None and kind != "text":

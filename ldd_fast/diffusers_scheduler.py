@@ -20,6 +20,9 @@ Contract with a pipeline's denoising loop:
     register), and after the last call the sample. `model_output` is the raw UNet output
     (after the pipeline's own classifier-free guidance); the scheduler converts it with the
     configured prediction_type at t_eval, exactly as `lf.sample` does.
+  - `sigmas` holds, per call, the noise level of t_eval in the ODE coordinates (a flow's t, a VP /
+    EDM model's sigma / alpha: what diffusers' schedulers call sigmas), then the final one; read-only
+    information for pipelines that pass it to their cache hooks.
   - the plan's other registers (multistep history, Heun's stage, UniPC's corrector state)
     live in the scheduler instance; `set_timesteps` resets them. One pipeline run at a time.
 
@@ -114,6 +117,14 @@ def _make_class():
             self.init_noise_sigma = float(self._den.noise.prior_scale)
             self._t_net = self._den.time_net(self.plan.t_eval).to(torch.float32)
             self._affines = [self._den.affine(self.plan.t_eval[i]) for i in range(self.plan.nfe)]
+            # diffusers' `sigmas` (some pipelines read sigmas[i] for their cache hooks): the noise level of each
+            # call's time in the ODE coordinates (flow: t; VP / EDM: sigma / alpha), then the final one.
+            last = self.plan.t[-1:]
+            levels = self._den.noise.ode_coordinates(torch.cat([self.plan.t_eval, last.clamp_min(
+                self._den.noise.t_min)]))[1]
+            if float(last) == 0.0:
+                levels[-1] = 0.0
+            self._sigmas = levels.to(torch.float32)
             self.set_timesteps()
 
         @property
@@ -149,6 +160,7 @@ def _make_class():
                                       f"pipeline with num_inference_steps={self.nfe} (got {num_inference_steps})")
             self.num_inference_steps = self.nfe
             self.timesteps = self._t_net.to(device=device)
+            self.sigmas = self._sigmas.clone()
             self._step_index = 0
             self._registers = None
             self._tables = None

@@ -267,7 +267,7 @@ def test_cli_samples_a_pipeline_folder(folders, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--schedule", "flowmatch"], ["flow-matching grid", "Stable Diffusion"]),
+    (["--schedule", "flowmatch"], ["flow-matching grid", "StableDiffusionPipeline (a VP model)"]),
     (["--schedule", "logsnr", "--shift", "3"], ["--shift / --mu", "flowmatch"]),
     (["--prompt", "a", "--prompts", "p.txt"], ["--prompt and --prompts cannot be given together"]),
     (["--label", "3"], ["--label and --pipeline cannot be given together"]),
@@ -363,3 +363,15 @@ def test_cli_plans_a_pipeline_on_disjoint_prompts(folders, tmp_path, capsys):
     assert main(["plan", "--pipeline", str(folders / "sd3"), "--prompts", str(tmp_path / "prompts.txt"),
                  "--budget-ms", "10", "--fd"]) == 2
     assert "--fd and --pipeline cannot be given together" in capsys.readouterr().err
+
+
+def test_cli_frames_belong_to_video_pipelines(folders, capsys):
+    """--frames needs --pipeline, and an image pipeline refuses it by name (from_pipeline's num_frames)."""
+    from ldd_fast.cli import main
+
+    assert main(["sample", "--model", "digits", "--frames", "5", "--out", "x.pt"]) == 2
+    assert "--frames needs --pipeline" in capsys.readouterr().err
+    code = main(["sample", "--pipeline", str(folders / "sd"), "--height", "16", "--width", "16", "--frames", "5",
+                 "--prompt", "a cat", "-n", "1", "--nfe", "2", "--threads", "1", "--out", "x.pt"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "num_frames" in last, last

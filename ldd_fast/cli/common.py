@@ -105,18 +105,20 @@ def model_args(sp, *, guidance: bool = True) -> None:
     sp.add_argument("--shape", type=POSITIVE, nargs="+", help="sample shape C H W if the model does not say it")
 
 
-PIPELINE_OPTIONS = ("--negative-prompt", "--height", "--width", "--max-sequence-length")
+PIPELINE_OPTIONS = ("--negative-prompt", "--height", "--width", "--max-sequence-length", "--frames")
 
 
 def pipeline_args(sp, condition: str) -> None:
     """--pipeline and the options that only it reads; a command's RULES say that they need it."""
-    sp.add_argument("--pipeline", help="a local diffusers pipeline folder (Stable Diffusion, SD3 or Flux; "
+    sp.add_argument("--pipeline", help="a local diffusers pipeline folder (Stable Diffusion, SDXL, SD3, Flux or Wan; "
                                        f"safetensors weights, nothing fetched) instead of --model; {condition}")
     sp.add_argument("--negative-prompt", default="", help="with --pipeline: the null condition of guidance")
     sp.add_argument("--height", type=POSITIVE, help="with --pipeline: image height (default: the pipeline's)")
     sp.add_argument("--width", type=POSITIVE, help="with --pipeline: image width (default: the pipeline's)")
     sp.add_argument("--max-sequence-length", type=POSITIVE,
-                    help="with --pipeline: T5 prompt length (SD3 and Flux only)")
+                    help="with --pipeline: T5 prompt length (SD3, Flux and Wan only)")
+    sp.add_argument("--frames", type=POSITIVE,
+                    help="with --pipeline: video frames (Wan: 4k + 1; default the pipeline's)")
 
 
 def pipeline_rules() -> list:

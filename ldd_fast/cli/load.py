@@ -137,8 +137,9 @@ def load_pipeline(args):
     cls_name = pipeline_class(path)
     diffusers = _import_diffusers("--pipeline needs the [pipelines] extra (diffusers and transformers)")
     pipe = _from_pretrained(diffusers, cls_name, path, f"--pipeline {path}", cls_name)
+    frames = {} if args.frames is None else {"num_frames": args.frames}  # image families refuse it by name
     return from_pipeline(pipe, height=args.height, width=args.width, guidance_scale=args.guidance,
-                         negative_prompt=args.negative_prompt, max_sequence_length=args.max_sequence_length)
+                         negative_prompt=args.negative_prompt, max_sequence_length=args.max_sequence_length, **frames)
 
 
 def load_denoiser(args):
@@ -205,11 +206,12 @@ def check_flow_kinds(args, specs) -> None:
     if not kinds:
         return
     if getattr(args, "pipeline", None):
-        from ..pipelines import PIPELINES
+        from ..pipelines import FAMILIES, PIPELINES
 
-        if PIPELINES[pipeline_class(args.pipeline)] == "sd":
-            raise CLIError(f"--schedule {kinds[0]} is a flow-matching grid; {args.pipeline} is a Stable Diffusion "
-                           f"pipeline (a VP model): use time_uniform, logsnr, edm or pipeline")
+        cls_name = pipeline_class(args.pipeline)
+        if not FAMILIES[PIPELINES[cls_name]].flow:
+            raise CLIError(f"--schedule {kinds[0]} is a flow-matching grid; {args.pipeline} is a {cls_name} (a VP "
+                           f"model): use time_uniform, logsnr, edm or pipeline")
     elif args.model in BUILTIN and args.model != "digits_flow":
         raise CLIError(f"--schedule {kinds[0]} is a flow-matching grid; {args.model} is not a flow (digits_flow is)")
 

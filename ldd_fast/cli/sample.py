@@ -7,7 +7,8 @@ import torch
 from .common import (DEFAULT_NFE, POSITIVE, SEED, SEED_MAX, CLIError, check_schedule_kinds, excludes, int_in,
                      model_args, needs, pipeline_args, pipeline_rules, schedule_args, solver_args)
 from .limits import check_memory, compute_args, setup_compute
-from .load import check_flow_kinds, labels, load_denoiser, load_schedule, read_prompts, sample_shape
+from .load import (check_flow_kinds, labels, load_denoiser, load_schedule, pipeline_class, read_prompts,
+                   sample_shape)
 
 HELP = "draw samples with a solver and schedule, write a PNG grid"
 
@@ -59,6 +60,12 @@ def run(args) -> int:
     out = check_output_path(args.out, "--out")
     prompts = (args.prompt or read_prompts(args.prompts)) if args.pipeline else None
     check_flow_kinds(args, [args.schedule])
+    if args.pipeline and not out.endswith(".pt"):
+        from ..pipelines import FAMILIES, PIPELINES
+
+        if FAMILIES[PIPELINES[pipeline_class(args.pipeline)]].video:
+            raise CLIError(f"--out {args.out}: a video pipeline's samples have frames; write them to a .pt file "
+                           f"(a picture of decoded frames is not supported yet)")
     device = setup_compute(args)
     den = load_denoiser(args).to(device)
     sched = load_schedule(args.schedule, den, args.nfe, args.solver or "unipc", shift=args.shift, mu=args.mu)
