@@ -9,6 +9,7 @@ from ._common import Family, register
 @register
 class StableDiffusion(Family):
     kind, title, pipelines = "sd", "Stable Diffusion", ("StableDiffusionPipeline",)
+    default_guidance = 7.5  # the pipeline's guidance_scale default
 
     def claims(self, pipe) -> bool:
         unet = getattr(pipe, "unet", None)
@@ -25,7 +26,7 @@ class StableDiffusion(Family):
         return pipe.encode_prompt(prompts, req.device, 1, False)[0]
 
     def denoiser(self, pipe, req, null):
-        g = 7.5 if req.guidance_scale is None else float(req.guidance_scale)
+        g = self.default_guidance if req.guidance_scale is None else float(req.guidance_scale)
         den = from_diffusers(pipe.unet, pipe.scheduler, guidance_scale=g, null_cond=null if g != 1.0 else None)
         vsf = req.vae_scale_factor
         den.sample_shape = (int(_get(pipe.unet.config, "in_channels")), req.height // vsf, req.width // vsf)

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import torch
 
-from ..adapters import _class_names, _get, from_diffusers
+from ..adapters import _class_names, _get
 from ..errors import InvalidArgument
-from ._common import Family, register
+from ._common import register
+from .sd import StableDiffusion
 
 
 @register
-class StableDiffusionXL(Family):
+class StableDiffusionXL(StableDiffusion):
+    """Stable Diffusion's UNet Denoiser, with SDXL's prompt encoding, micro-conditions and VAE statistics."""
     kind, title, pipelines = "sdxl", "Stable Diffusion XL", ("StableDiffusionXLPipeline",)
+    default_guidance = 5.0
 
     def claims(self, pipe) -> bool:
         unet = getattr(pipe, "unet", None)
@@ -28,9 +31,6 @@ class StableDiffusionXL(Family):
         if getattr(pipe, "text_encoder_2", None) is None:
             raise InvalidArgument("this SDXL pipeline has no text_encoder_2 (a refiner?); from_pipeline takes the "
                                   "text-to-image StableDiffusionXLPipeline with both text encoders")
-
-    def network(self, pipe):
-        return pipe.unet
 
     def default_size(self, pipe, vsf):
         size = int(getattr(pipe, "default_sample_size", _get(pipe.unet.config, "sample_size"))) * vsf
@@ -47,13 +47,6 @@ class StableDiffusionXL(Family):
                                           text_encoder_projection_dim=projection)
         return {"encoder_hidden_states": embeds, "text_embeds": pooled,
                 "time_ids": time_ids.to(embeds.device).repeat(embeds.shape[0], 1)}
-
-    def denoiser(self, pipe, req, null):
-        g = 5.0 if req.guidance_scale is None else float(req.guidance_scale)
-        den = from_diffusers(pipe.unet, pipe.scheduler, guidance_scale=g, null_cond=null if g != 1.0 else None)
-        vsf = req.vae_scale_factor
-        den.sample_shape = (int(_get(pipe.unet.config, "in_channels")), req.height // vsf, req.width // vsf)
-        return den
 
     def decoding(self, pipe, req):
         cfg = pipe.vae.config
