@@ -49,14 +49,9 @@ def save_grid(x, path: str | None, *, scale: int = 4, title: str | None = None, 
         if not rows or len(x) % len(rows):
             raise InvalidArgument(f"rows: one caption per grid row, and the {len(x)} samples must fill the "
                                   f"{len(rows)} rows equally")
-    grid = grid_image(x, cols=len(x) // len(rows) if rows else None)
     if title is None and rows is None:
-        from PIL import Image
-
-        image = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-        if path is not None:
-            atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-        return image
+        return _plain_grid(x, path, scale=scale, cols=None)
+    grid = grid_image(x, cols=len(x) // len(rows) if rows else None)
     fig = _figure((grid.shape[1] * scale / DPI, grid.shape[0] * scale / DPI))
     ax = fig.add_axes((0, 0, 1, 1))  # the grid fills the figure at `scale` pixels per sample pixel
     ax.imshow(grid, interpolation="nearest")
@@ -69,6 +64,52 @@ def save_grid(x, path: str | None, *, scale: int = 4, title: str | None = None, 
     if title is not None:
         ax.set_title(title, fontsize=8)
     return _save(fig, path, bbox_inches="tight", pad_inches=0.05)  # captions and title lie outside the axes
+
+
+def save_video(x, path: str | None, *, scale: int = 4, rows=None, fps: float = 8.0):
+    """Video samples in [-1, 1] ([N, 3, F, H, W]) as a picture, written atomically.
+
+    A path ending in .gif: an animated GIF (PIL) of F frames, each frame the grid of all N samples at that
+    frame (with `rows`, one grid row per caption, as save_grid; a GIF carries no captions), looping at `fps`;
+    the list of PIL frames is returned. Pillow merges a frame identical to the one before it into that one.
+    Otherwise (a .png): a frame strip, one row a sample and one column a frame, through save_grid; `rows`
+    (one caption per group of N / len(rows) samples, e.g. one a prompt) caption every sample's row.
+    """
+    if x.dim() != 5 or x.shape[1] != 3:
+        raise InvalidArgument(f"a video picture shows frames [N, 3, F, H, W]; these samples have shape "
+                              f"{tuple(x.shape)}: write them to a .pt file instead")
+    n, _, f, h, w = x.shape
+    if rows is not None:
+        rows = [str(r) for r in rows]
+        if not rows or n % len(rows):
+            raise InvalidArgument(f"rows: one caption per group of samples, and the {n} samples must fill the "
+                                  f"{len(rows)} rows equally")
+    if path is not None and os.fspath(path).lower().endswith(".gif"):
+        from PIL import Image
+
+        cols = n // len(rows) if rows else None
+        frames = []
+        for k in range(f):
+            grid = grid_image(x[:, :, k], cols=cols)
+            frames.append(Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale),
+                                                       Image.NEAREST))
+        atomic_write(path, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
+                                                      duration=round(1000 / fps), loop=0))
+        return frames
+    strip = x.permute(0, 2, 1, 3, 4).reshape(n * f, 3, h, w)  # sample-major: each sample's frames in one row
+    captions = None if rows is None else [r for r in rows for _ in range(n // len(rows))]
+    return save_grid(strip, path, scale=scale, rows=captions) if captions else \
+        _plain_grid(strip, path, scale=scale, cols=f)
+
+
+def _plain_grid(x, path, *, scale, cols):
+    from PIL import Image
+
+    grid = grid_image(x, cols=cols)
+    image = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    if path is not None:
+        atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return image
 
 
 def plot_learning(result, *, init_schedule=None, out: str | None = None, model=None) -> dict:

@@ -284,3 +284,40 @@ def test_wan_refusals_by_name():
         den(torch.randn(1, 4, 2, 4, 4), 0.5, (torch.randn(1, 8, 16), torch.randn(1, 4)))
     with pytest.raises(lf.InvalidArgument, match="video latents"):
         den(torch.randn(1, 4, 4, 4), 0.5, torch.randn(1, 8, 16))
+
+
+def test_cli_samples_a_wan_folder_as_a_gif_and_a_frame_strip(tmp_path, capsys):
+    """`ldd-fast sample --pipeline <Wan folder>`: a .gif holds one frame per decoded frame (each the grid of all
+    samples), a .png is the frame strip (a row a sample, a column a frame, captioned); .gif needs a video pipeline,
+    and save_video refuses samples that are not [N, 3, F, H, W]."""
+    pytest.importorskip("accelerate")  # diffusers loads a Wan folder's text encoder through it
+    from PIL import Image
+
+    from ldd_fast.cli import main
+    from ldd_fast.plots import save_video
+
+    folder = tmp_path / "wan"
+    tp.build("wan").save_pretrained(folder)
+    base = ["sample", "--pipeline", str(folder), "--height", str(SIZE), "--width", str(SIZE), "--frames", str(FRAMES),
+            "--prompt", "a cat", "-n", "2", "--nfe", "2", "--max-sequence-length", "8", "--threads", "1"]
+    assert main([*base, "--out", str(tmp_path / "clip.gif")]) == 0, capsys.readouterr().err
+    assert f"2 samples of {FRAMES} frames" in capsys.readouterr().out
+    with Image.open(tmp_path / "clip.gif") as gif:
+        assert gif.format == "GIF" and gif.n_frames == FRAMES
+        assert gif.size == (2 * (SIZE + 2) * 4, (SIZE + 2) * 4)  # both samples of the prompt in one row, scale 4
+    assert main([*base, "--out", str(tmp_path / "strip.png")]) == 0, capsys.readouterr().err
+    with Image.open(tmp_path / "strip.png") as strip:
+        assert strip.format == "PNG" and strip.size[0] > FRAMES * (SIZE + 2) * 4  # captions beside the frames
+    capsys.readouterr()
+    sd = tmp_path / "sd"
+    tp.build("sd").save_pretrained(sd)
+    assert main(["sample", "--pipeline", str(sd), "--prompt", "a cat", "--out", str(tmp_path / "x.gif")]) == 2
+    assert "a .gif needs a video pipeline" in capsys.readouterr().err
+    assert main(["sample", "--model", "digits", "--out", str(tmp_path / "x.gif")]) == 2
+    assert "a .gif needs a video pipeline" in capsys.readouterr().err
+    assert not (tmp_path / "x.gif").exists()
+    for bad in (torch.zeros(2, 3, 16, 16), torch.zeros(2, 4, FRAMES, 16, 16)):
+        with pytest.raises(lf.InvalidArgument, match=r"\[N, 3, F, H, W\]"):
+            save_video(bad, tmp_path / "bad.gif")
+    frames = save_video(torch.rand(4, 3, 3, 8, 8) * 2 - 1, tmp_path / "v.gif", rows=["a", "b"])
+    assert len(frames) == 3 and frames[0].size == (2 * 10 * 4, 2 * 10 * 4)  # one grid row per caption

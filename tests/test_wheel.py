@@ -4,7 +4,8 @@ The wheel is built from this checkout and installed into a fresh venv that reuse
 .pth line pointing at torch's site-packages, whose own .pth files, such as this checkout's editable
 finder, are not run). `ldd-fast bench` then runs from a folder outside the checkout, so every import
 comes from the wheel: the built-in model's weights travel in it and `ldd_fast.bench` needs no source
-checkout. The fresh-environment run with its own torch is recorded once by benchmarks/wheel_bench.sh.
+checkout; `ldd-fast sample --pipeline` loads a tiny SDXL folder through the diffusers / transformers that lie
+beside the reused torch. The fresh-environment run with its own torch is recorded once by benchmarks/wheel_bench.sh.
 """
 import json
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import venv
 
+import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +33,11 @@ def _build_wheel(dist) -> str:
     return os.path.join(dist, name)
 
 
-def test_wheel_in_a_venv_runs_a_bench_outside_the_checkout(tmp_path):
+@pytest.fixture(scope="module")
+def wheel_venv(tmp_path_factory):
+    """The wheel installed into a fresh venv that reuses the installed torch (and what lies beside it):
+    (the venv folder, its environment variables, a working folder outside the checkout)."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     whl = _build_wheel(tmp_path / "dist")
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
@@ -46,6 +52,12 @@ def test_wheel_in_a_venv_runs_a_bench_outside_the_checkout(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     work = tmp_path / "elsewhere"
     work.mkdir()
+    return env_dir, env, work
+
+
+def test_wheel_in_a_venv_runs_a_bench_outside_the_checkout(wheel_venv):
+    env_dir, env, work = wheel_venv
+    py = env_dir / "bin" / "python"
     # kernels/ and export/ have no __init__.py (they must not shadow installed namesakes at the repository
     # root): the wheel still installs them as ldd_fast.kernels / ldd_fast.export behind their face modules.
     probe = ("import ldd_fast, ldd_fast.bench, ldd_fast.export.onnx_export as o, ldd_fast.kernels.update_kernel as k\n"
@@ -67,3 +79,26 @@ def test_wheel_in_a_venv_runs_a_bench_outside_the_checkout(tmp_path):
     d = json.loads(result.read_text())
     assert [r["backend"] for r in d["rows"]] == ["eager"] and d["rows"][0]["sampler_ms"]["median"] > 0
     assert d["skipped"][0]["backend"] == "cuda_graph" and "Not measured" in run.stdout
+
+
+def test_wheel_samples_a_tiny_sdxl_folder_outside_the_checkout(wheel_venv, tmp_path):
+    """`ldd-fast sample --pipeline` from the wheel: diffusers / transformers come from the site-packages the
+    venv reuses for torch, the folder is a tiny random SDXL pipeline written here (tests/tiny_pipelines.py)."""
+    pytest.importorskip("diffusers", reason="diffusers is not installed: no pipeline folder to sample")
+    pytest.importorskip("transformers", reason="transformers is not installed: no pipeline folder to sample")
+    import tiny_pipelines as tp
+
+    import ldd_fast as lf
+
+    env_dir, env, work = wheel_venv
+    pipe = tp.build("sdxl")
+    pipe.save_pretrained(tmp_path / "sdxl")
+    shape = lf.from_pipeline(pipe, height=16, width=16).sample_shape
+    out = work / "sdxl.pt"
+    run = subprocess.run([str(env_dir / "bin" / "ldd-fast"), "sample", "--pipeline", str(tmp_path / "sdxl"),
+                          "--height", "16", "--width", "16", "--prompt", "a cat", "-n", "1", "--nfe", "2",
+                          "--threads", "1", "--out", str(out)],
+                         capture_output=True, text=True, cwd=work, env={**env, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    x = torch.load(out)
+    assert tuple(x.shape) == (1, *shape) and torch.isfinite(x).all()

@@ -1,5 +1,6 @@
 """`ldd-fast sample`: draw samples with a solver and schedule from a model or a pipeline folder, write a
-PNG grid (decoded images for a pipeline, one captioned row per prompt) or a tensor (latents)."""
+PNG grid (decoded images for a pipeline, one captioned row per prompt; a video pipeline's frame strip), an
+animated GIF (a video pipeline) or a tensor (latents)."""
 from __future__ import annotations
 
 import torch
@@ -28,7 +29,9 @@ def add_parser(sub, formatter):
     s = sub.add_parser("sample", help=HELP, formatter_class=formatter,
                        description="Draw samples and write them as a PNG grid (or a .pt tensor). With --pipeline: "
                                    "-n samples per prompt, decoded, one grid row per prompt captioned with the "
-                                   "prompt, solver and NFE; a .pt output keeps the latents.")
+                                   "prompt, solver and NFE; a .pt output keeps the latents. A video pipeline (Wan): "
+                                   "a .gif animates the grid, one frame a decoded frame; a .png is a frame strip, one "
+                                   "captioned row a sample.")
     model_args(s)
     pipeline_args(s, "with --prompt or --prompts")
     s.add_argument("--prompt", action="append", help="with --pipeline: a prompt (repeat for several)")
@@ -41,15 +44,21 @@ def add_parser(sub, formatter):
     s.add_argument("--label", type=int_in(-SEED_MAX, SEED_MAX),
                    help="class label for class-conditional models (digits: 0..9)")
     s.add_argument("--force", action="store_true", help="use a schedule made for another model or solver")
-    s.add_argument("--out", default="samples.png", help="output .png grid or .pt tensor")
+    s.add_argument("--out", default="samples.png",
+                   help="output .png grid (a video pipeline: a frame strip), .gif (a video pipeline's animated "
+                        "grid) or .pt tensor")
     compute_args(s)
     return s
 
 
 def validate(args, given) -> None:
     check_schedule_kinds(args)
-    if not args.out.endswith((".png", ".pt")):
-        raise CLIError(f"--out {args.out}: must end in .png (an image grid) or .pt (a tensor)")
+    if not args.out.endswith((".png", ".gif", ".pt")):
+        raise CLIError(f"--out {args.out}: must end in .png (an image grid; a video's frame strip), .gif (a video "
+                       f"pipeline's animation) or .pt (a tensor)")
+    if args.out.endswith(".gif") and not args.pipeline:
+        raise CLIError(f"--out {args.out}: a .gif needs a video pipeline (--pipeline with a Wan folder); "
+                       f"--model {args.model} makes images: write a .png grid or a .pt tensor")
 
 
 def run(args) -> int:
@@ -60,12 +69,15 @@ def run(args) -> int:
     out = check_output_path(args.out, "--out")
     prompts = (args.prompt or read_prompts(args.prompts)) if args.pipeline else None
     check_flow_kinds(args, [args.schedule])
-    if args.pipeline and not out.endswith(".pt"):
+    video = False
+    if args.pipeline:
         from ..pipelines import FAMILIES, PIPELINES
 
-        if FAMILIES[PIPELINES[pipeline_class(args.pipeline)]].video:
-            raise CLIError(f"--out {args.out}: a video pipeline's samples have frames; write them to a .pt file "
-                           f"(a picture of decoded frames is not supported yet)")
+        cls_name = pipeline_class(args.pipeline)
+        video = FAMILIES[PIPELINES[cls_name]].video
+        if out.endswith(".gif") and not video:
+            raise CLIError(f"--out {args.out}: a .gif needs a video pipeline; {args.pipeline} is a {cls_name} "
+                           f"(images): write a .png grid or a .pt tensor")
     device = setup_compute(args)
     den = load_denoiser(args).to(device)
     sched = load_schedule(args.schedule, den, args.nfe, args.solver or "unipc", shift=args.shift, mu=args.mu)
@@ -92,10 +104,15 @@ def run(args) -> int:
     what = f"{solver}{plan.order} NFE {sched.nfe}"
     if out.endswith(".pt"):
         atomic_write(out, lambda tmp: torch.save(x, tmp))
+    elif video:  # decoded frames [N, 3, F, H, W]: a .gif animates the grid, a .png is a frame strip
+        from ..plots import save_video
+
+        save_video(x, out, rows=[f"{p} ({what})" for p in prompts])
     else:
         from ..plots import save_grid
 
         rows = [f"{p} ({what})" for p in prompts] if prompts else None
         save_grid(x, out, rows=rows, title=None if prompts else f"{args.model}: {what}, {sched.origin or 'schedule'}")
-    print(f"{n} samples, {solver} nfe={sched.nfe} ({sched.origin or 'schedule file'}) -> {args.out}")
+    frames = f" of {x.shape[2]} frames" if video and not out.endswith(".pt") else ""
+    print(f"{n} samples{frames}, {solver} nfe={sched.nfe} ({sched.origin or 'schedule file'}) -> {args.out}")
     return 0
