@@ -25,9 +25,8 @@ transformer the adapter's 1000 sigma. With integer times on both sides (t_eval =
 at its t_eval, which is the meaning of a moved network time (LD3). A Denoiser whose network time is truncated
 itself (time_input=floor(1000 t)) but that converts at t matches WanPipeline's own __call__ to float32 rounding.
 
-Two departures of pipeline_schedule, measured here (see test_euler_pipeline_schedule_ends_at_t_min):
-EulerDiscreteScheduler's last sigma is 0 (it returns x0) while pipeline_schedule ends at t_min (sigma 0.029 on
-SD's betas): 1.8e-3 - 3.8e-3 relative at NFE 8 / 4; with the final time set to 0 the loops agree to 1e-7.
+pipeline_schedule once ended every DDPM-family grid at t_min; EulerDiscreteScheduler ends on sigma 0 (it returns
+x0): 1.8e-3 - 3.8e-3 apart at NFE 8 / 4, found here and fixed (test_euler_pipeline_schedule_ends_on_sigma_zero).
 """
 import copy
 
@@ -78,14 +77,6 @@ def family(kind: str, scheduler: str | None = None, dtype=torch.float64):
     return pipe, den
 
 
-def with_final_zero(den, sched):
-    """The same grid and network times ending at sigma = 0 (EulerDiscreteScheduler's last sigma)."""
-    t = sched.t.clone()
-    t[-1] = 0.0
-    return lf.Schedule(t=t, t_eval=sched.t_eval, noise=den.noise, final="zero", solver=sched.solver,
-                       order=sched.order)
-
-
 def ours_and_theirs(kind: str, scheduler: str | None, nfe: int, dtype=torch.float64, seed: int = 5):
     """(lf.sample on the scheduler's own grid, the family's own loop) on the same latents and prompts."""
     pipe, den = family(kind, scheduler, dtype)
@@ -93,8 +84,6 @@ def ours_and_theirs(kind: str, scheduler: str | None, nfe: int, dtype=torch.floa
     z = torch.randn(BATCH, *den.sample_shape, generator=torch.Generator().manual_seed(seed),
                     dtype=torch.float64).to(dtype)
     sched = den.pipeline_schedule(nfe)
-    if type(pipe.scheduler).__name__ == "EulerDiscreteScheduler":
-        sched = with_final_zero(den, sched)  # the departure measured in test_euler_pipeline_schedule_ends_at_t_min
     with torch.no_grad():
         ours = lf.sample(den, z, sched, cond=cond)
     theirs = wan_loop(pipe, den, cond, z, nfe) if kind == "wan" else tp.pipeline_call(pipe, den, cond, z, nfe)
@@ -131,19 +120,27 @@ def test_family_loop_in_float64_is_lf_sample(kind, scheduler, nfe):
 
 
 @pytest.mark.parametrize("kind", ["sd", "sdxl"])
-def test_euler_pipeline_schedule_ends_at_t_min(kind):
-    """A departure, measured: EulerDiscreteScheduler ends at sigma 0 (its last step returns x0), pipeline_schedule
-    at t_min (k = 0, sigma 0.029): 3.8e-3 (SD) / 2.9e-3 (SDXL) relative at NFE 4 in float64. If this fails,
-    pipeline_schedule has been fixed: drop with_final_zero above."""
-    pipe, den = family(kind, "euler" if kind == "sd" else None)
+def test_euler_pipeline_schedule_ends_on_sigma_zero(kind):
+    """EulerDiscreteScheduler's last step returns x0 (its last sigma is 0): pipeline_schedule ends there too. It
+    once ended at t_min (sigma 0.029 on SD's betas): 3.8e-3 (SD) / 2.9e-3 (SDXL) from the loop at NFE 4."""
+    _, den = family(kind, "euler" if kind == "sd" else None)
     sched = den.pipeline_schedule(4)
-    assert sched.final == "t_min" and sched.t[-1] == den.noise.t_min
-    cond = den.encode_prompt(tp.PROMPTS[:BATCH])
-    z = torch.randn(BATCH, *den.sample_shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    with torch.no_grad():
-        shipped = lf.sample(den, z, sched, cond=cond)
-    theirs = tp.pipeline_call(pipe, den, cond, z, 4)
-    assert 1e-3 < _rel(shipped, theirs) < 1e-2
+    assert sched.final == "zero" and sched.t[-1] == 0
+
+
+def test_a_zero_length_last_step_is_refused_by_name():
+    """DDIM with "linspace" spacing calls the network at k = 0 and then steps to that same level."""
+    import diffusers
+
+    pipe = tp.build("sd")
+    ddim = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace",
+                                               set_alpha_to_one=False)
+    den = lf.from_pipeline(type(pipe)(**{**pipe.components, "scheduler": ddim}), height=16, width=16)
+    with pytest.raises(lf.InvalidArgument, match="'linspace'.*step of length 0"):
+        den.pipeline_schedule(4)
+    euler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace")
+    den = lf.from_pipeline(type(pipe)(**{**pipe.components, "scheduler": euler}), height=16, width=16)
+    assert den.pipeline_schedule(4).final == "zero"  # it ends on sigma 0: no zero-length step
 
 
 def test_wan_integer_network_times():

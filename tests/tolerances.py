@@ -88,6 +88,6 @@ TOL = {
     # float64, relative to max |x| (tests/test_family_agreement.py, NFE 4 and 8): diffusers still rounds in float32
     # where it holds float32 tables or upcasts (alphas_cumprod; EulerDiscrete's and FlowMatchEuler's sigmas and
     # step; Wan's time embedding takes a float32 time), ~6e-8 per coefficient. Measured <= 3.6e-7 (SD3; SD / SDXL
-    # <= 1.6e-7, Flux 1.4e-7, Wan 2.5e-7); the bound issue 5 sets, 28x the worst.
+    # <= 1.6e-7, Flux 1.4e-7, Wan 2.5e-7); the bound asked for, 28x the worst.
     "fp64_vs_diffusers": 1e-5,
 }

@@ -230,9 +230,21 @@ def scheduler_schedule(scheduler, den: Denoiser, grid: dict, nfe: int) -> Schedu
     else:  # a DDPM-family grid of integer timesteps k: the network sees k = 1000 t - 1, exactly
         twin = type(scheduler).from_config(scheduler.config)
         twin.set_timesteps(nfe)
-        steps = torch.unique_consecutive(torch.as_tensor(twin.timesteps, dtype=torch.float64))
-        t = torch.cat([(steps + 1) / 1000, torch.tensor([den.noise.t_min], dtype=torch.float64)])
-        sched = Schedule(t=t, t_eval=t[:-1].clone(), noise=den.noise, origin="pipeline")
+        calls = (torch.unique_consecutive(torch.as_tensor(twin.timesteps, dtype=torch.float64)) + 1) / 1000
+        # Where the last step lands: sigma-based schedulers (Euler, DPM-Solver, UniPC) end on their last sigma,
+        # 0 by default (x0); DDIM / PNDM on final_alpha_cumprod, 1 (x0) with set_alpha_to_one, else the
+        # first training step's, which is t_min.
+        sigmas = getattr(twin, "sigmas", None)
+        zero = float(sigmas[-1]) == 0.0 if sigmas is not None else bool(_get(scheduler.config, "set_alpha_to_one"))
+        if not zero and float(calls[-1]) <= den.noise.t_min:
+            raise InvalidArgument(f"the pipeline's {name} calls the network at its first training step and then "
+                                  f"steps to that same noise level (timestep_spacing "
+                                  f"{_get(scheduler.config, 'timestep_spacing')!r}): a step of length 0 has no "
+                                  f"schedule here; use 'leading' or 'trailing' spacing, or a hand-made schedule")
+        end = 0.0 if zero else den.noise.t_min
+        t = torch.cat([calls, torch.tensor([end], dtype=torch.float64)])
+        sched = Schedule(t=t, t_eval=calls.clone(), noise=den.noise, final="zero" if zero else "t_min",
+                         origin="pipeline")
     return sched.replace(solver=solver, order=order, origin=f"pipeline:{name}", info={**sched.info, "scheduler": name})
 
 
