@@ -150,13 +150,8 @@ def test_sdxl_dict_condition_through_the_sampler_and_onnx(sdxl, tmp_path):
     assert _rel(out, ref) <= TOL["fp32_vs_fp64"]
     info = to_onnx(den, sched, tmp_path / "sdxl.onnx", z, solver="unipc", cond=cond)
     assert info.inputs == ["z", *(f"cond_{k}" for k in SDXL_KEYS)]
-    runner = OnnxSampler(info.path)
-    for batch in (1, 3):
-        zz = torch.randn(batch, *den.sample_shape)
-        cc = den.encode_prompt(tp.PROMPTS[:batch])
-        with torch.no_grad():
-            ref = lf.sample(den, zz, sched, solver="unipc", cond=cc)
-        assert _rel(runner(zz, cc), ref) <= TOL["onnx_fp32"]
+    for _, _, out, ref in tp.onnx_and_eager(OnnxSampler(info.path), den, sched):
+        assert _rel(out, ref) <= TOL["onnx_fp32"]
 
 
 # ----- Wan 2.1 ----------------------------------------------------------------------------
@@ -234,14 +229,8 @@ def test_wan_onnx_export_of_5d_latents(wan, tmp_path):
     z = torch.randn(2, *den.sample_shape)
     info = to_onnx(den, sched, tmp_path / "wan.onnx", z, solver="unipc", cond=cond)
     assert info.inputs == ["z", "cond"]
-    runner = OnnxSampler(info.path)
-    for batch in (1, 3):
-        zz = torch.randn(batch, *den.sample_shape)
-        cc = den.encode_prompt(tp.PROMPTS[:batch])
-        with torch.no_grad():
-            ref = lf.sample(den, zz, sched, solver="unipc", cond=cc)
-        out = runner(zz, cc)
-        assert out.shape == (batch, 4, 2, 4, 4) and _rel(out, ref) <= TOL["onnx_fp32"]
+    for zz, _, out, ref in tp.onnx_and_eager(OnnxSampler(info.path), den, sched):
+        assert out.shape == (zz.shape[0], 4, 2, 4, 4) and _rel(out, ref) <= TOL["onnx_fp32"]
 
 
 def test_ld3_on_video_latents(wan):

@@ -139,13 +139,11 @@ def test_onnx_and_cli_load_sites_refuse_a_pickle(tmp_path, capsys):
 
 
 def test_a_diffusers_folder_is_loaded_from_safetensors_only(tmp_path, capsys):
-    diffusers = pytest.importorskip("diffusers")
-    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-                                 layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
-                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    pytest.importorskip("diffusers")
+    import tiny_pipelines as tp
+
     folder = tmp_path / "model"
-    unet.save_pretrained(folder / "unet")
-    diffusers.DDPMScheduler().save_pretrained(folder / "scheduler")
+    tp.unet_folder(folder)
     code, _, _ = run_cli(capsys, "sample", "--model", folder, "--nfe", "2", "-n", "1", "--out", tmp_path / "x.pt")
     assert code == 0
     marker = tmp_path / "PWNED"

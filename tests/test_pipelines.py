@@ -156,12 +156,8 @@ def test_export_of_a_pipeline_sampler(dens, tmp_path):
     info = to_onnx(den, sched, tmp_path / "sd3.onnx", z, solver="unipc", cond=cond)
     assert info.inputs == ["z", "cond_0", "cond_1"] and info.metadata["cond"]["shapes"] == [[16, 16], [8]]
     runner = OnnxSampler(info.path)
-    for batch in (1, 3):
-        zz = torch.randn(batch, *den.sample_shape)
-        cc = den.encode_prompt(tp.PROMPTS[:batch])
-        with torch.no_grad():
-            ref = lf.sample(den, zz, sched, solver="unipc", cond=cc)
-        assert (runner(zz, cc) - ref).abs().max() <= TOL["onnx_fp32"] * ref.abs().max()
+    for zz, cc, out, ref in tp.onnx_and_eager(runner, den, sched):
+        assert (out - ref).abs().max() <= TOL["onnx_fp32"] * ref.abs().max()
         assert (runner(zz.numpy(), tuple(c.numpy() for c in cc)) - ref.numpy()).__abs__().max() <= \
             TOL["onnx_fp32"] * float(ref.abs().max())
     # The guidance scale lives in the linear maps: with schedule_as_input it changes without re-exporting.

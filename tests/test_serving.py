@@ -397,14 +397,11 @@ def test_the_command_line_takes_the_triton_options():
 
 
 def test_an_eager_repository_of_a_diffusers_folder_serves_a_copy_of_it(tmp_path, capsys):
-    diffusers = pytest.importorskip("diffusers")
-    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-                                 layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
-                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    pytest.importorskip("diffusers")
+    import tiny_pipelines as tp
+
     folder = tmp_path / "model"
-    unet.save_pretrained(folder / "unet")
-    scheduler = diffusers.DDPMScheduler()
-    scheduler.save_pretrained(folder / "scheduler")
+    unet, scheduler = tp.unet_folder(folder)
     den = lf.from_diffusers(unet.eval(), dict(scheduler.config))
     sched = lf.discretize(den.noise, 2, "logsnr").replace(solver="dpmpp", order=2)
     sched.save(tmp_path / "s.json")

@@ -184,3 +184,25 @@ def drop_in_difference(pipe, den, sched, *, batch: int, solver: str = "unipc", o
     finally:
         pipe.scheduler = original
     return float((out - ref).abs().max() / ref.abs().max())
+
+
+def onnx_and_eager(runner, den, sched, *, batches=(1, 3), solver: str = "unipc"):
+    """(runner's sample, lf.sample's) on fresh noise and the first prompts, at each batch size: the exported
+    graph's dynamic batch axis against the eager reference."""
+    for batch in batches:
+        z = torch.randn(batch, *den.sample_shape)
+        cond = den.encode_prompt(PROMPTS[:batch])
+        with torch.no_grad():
+            ref = lf.sample(den, z, sched, solver=solver, cond=cond)
+        yield z, cond, runner(z, cond), ref
+
+
+def unet_folder(folder):
+    """A tiny UNet2DModel and DDPM scheduler saved as a diffusers model folder (unet/, scheduler/)."""
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    scheduler = diffusers.DDPMScheduler()
+    unet.save_pretrained(folder / "unet")
+    scheduler.save_pretrained(folder / "scheduler")
+    return unet, scheduler
