@@ -253,11 +253,14 @@ class DiffusersTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, t_net: torch.Tensor, cond=None) -> torch.Tensor:
         if self.kind == "wan":
-            return self._wan(x, t_net, cond)
+            return self._wan(x, t_net, _by_name(cond, ("encoder_hidden_states",), "a Wan transformer"))
+        if isinstance(cond, Mapping):
+            cond = _by_name(cond, ("encoder_hidden_states", "pooled_projections"), "an SD3 / Flux transformer")
         if not (isinstance(cond, (tuple, list)) and len(cond) == 2
                 and all(isinstance(c, torch.Tensor) for c in cond)):
             raise ConditionError("the condition of an SD3 / Flux transformer is (prompt_embeds [B, L, D], "
-                                 "pooled_projections [B, P]), as its pipeline's encode_prompt returns them")
+                                 "pooled_projections [B, P]), as its pipeline's encode_prompt returns them, or the "
+                                 "dict {'encoder_hidden_states': ..., 'pooled_projections': ...}")
         embeds, pooled = cond
         dtype = getattr(self.transformer, "dtype", None) or next(self.transformer.parameters()).dtype
         common = dict(hidden_states=x.to(dtype), timestep=t_net.to(dtype), encoder_hidden_states=embeds.to(dtype),
@@ -283,6 +286,17 @@ class DiffusersTransformer(nn.Module):
         dtype = getattr(self.transformer, "dtype", None) or next(self.transformer.parameters()).dtype
         return self.transformer(hidden_states=x.to(dtype), timestep=t_net.to(torch.float32),
                                 encoder_hidden_states=cond.to(dtype), return_dict=False)[0].to(x.dtype)
+
+
+def _by_name(cond, keys: tuple[str, ...], what: str):
+    """A dict condition keyed by the transformer's forward argument names, as the positional form (one tensor for
+    one key, a tuple in `keys` order); any other condition is returned as it is, for the caller to check."""
+    if not isinstance(cond, Mapping):
+        return cond
+    if set(cond) != set(keys):
+        raise ConditionError(f"a dict condition of {what} has the keys {list(keys)} (its forward argument names), "
+                             f"got keys {sorted(cond)}")
+    return cond[keys[0]] if len(keys) == 1 else tuple(cond[k] for k in keys)
 
 
 def _check_flow_scheduler(transformer, scheduler, cfg) -> None:

@@ -154,6 +154,57 @@ def test_sdxl_dict_condition_through_the_sampler_and_onnx(sdxl, tmp_path):
         assert _rel(out, ref) <= TOL["onnx_fp32"]
 
 
+def test_sdxl_default_null_condition_is_the_pipelines(sdxl):
+    """StableDiffusionXLPipeline without a negative prompt guides with zero text embeddings (its
+    force_zeros_for_empty_prompt) and the same time ids; with negative_prompt="" it encodes the empty prompt."""
+    pipe = tp.build("sdxl")
+    assert pipe.config.force_zeros_for_empty_prompt
+    for negative, den in ((None, sdxl), ("", lf.from_pipeline(pipe, height=SIZE, width=SIZE, negative_prompt=""))):
+        _, own, _, own_pooled = pipe.encode_prompt(prompt=["a cat"], device=torch.device("cpu"),
+                                                   num_images_per_prompt=1, do_classifier_free_guidance=True,
+                                                   negative_prompt=negative)
+        assert torch.equal(den.null_cond["encoder_hidden_states"], own[0])
+        assert torch.equal(den.null_cond["text_embeds"], own_pooled[0])
+        assert den.null_cond["time_ids"].tolist() == [SIZE, SIZE, 0, 0, SIZE, SIZE]
+    assert not sdxl.null_cond["encoder_hidden_states"].any()
+    with pytest.raises(lf.InvalidArgumentType, match="negative_prompt must be a string or None"):
+        lf.from_pipeline(pipe, height=SIZE, width=SIZE, negative_prompt=0)
+
+
+NAMED = {"sd": ("encoder_hidden_states",), "sd3": ("encoder_hidden_states", "pooled_projections"),
+         "flux": ("encoder_hidden_states", "pooled_projections"), "wan": ("encoder_hidden_states",)}
+
+
+@pytest.mark.parametrize("kind", sorted(NAMED))
+def test_every_cross_attention_family_takes_a_dict_named_as_its_forward(kind, sdxl, wan):
+    """A dict keyed by the network's forward argument names means the same condition as the tensor / tuple form
+    (SDXL's flattened dict is tested above): guided, through the Denoiser, bit for bit."""
+    size = {"sd": {}, "sd3": {}, "flux": {"max_sequence_length": 8}}
+    den = wan if kind == "wan" else lf.from_pipeline(tp.build(kind), height=SIZE, width=SIZE, **size[kind])
+    keys = NAMED[kind]
+
+    def named(c):
+        return {keys[0]: c} if len(keys) == 1 else dict(zip(keys, c))
+
+    cond = den.encode_prompt(tp.PROMPTS[:2])
+    guided = den.guidance_scale != 1.0
+    by_name = den.with_guidance(den.guidance_scale, named(den.null_cond) if guided else None)
+    x = torch.randn(2, *den.sample_shape)
+    with torch.no_grad():
+        assert torch.equal(by_name(x, 0.5, named(cond)), den(x, 0.5, cond))
+    with pytest.raises(lf.ConditionError, match="forward argument names"):
+        den.net(x, den.time_net(torch.tensor(0.5)).expand(2), {"prompt_embeds": cond})
+
+
+def test_bench_times_a_video_pipeline(wan):
+    """lf.bench on 5-D latents with the pipeline's prompts as the condition: every row timed, finite."""
+    res = lf.bench(wan, {"unipc-own": wan.pipeline_schedule(2)}, batches=(1, 2), repeats=1, warmup=0,
+                   cond_fn=lambda b: wan.encode_prompt(tp.PROMPTS[:b]), show_progress=False)
+    assert [row["batch"] for row in res.rows] == [1, 2] and not res.skipped
+    assert all(math.isfinite(row["sampler_ms"]["median"]) and row["sampler_ms"]["median"] > 0 for row in res.rows)
+    assert all(row["parity"] is None or row["parity"] <= TOL["fp32_vs_fp64"] for row in res.rows)
+
+
 # ----- Wan 2.1 ----------------------------------------------------------------------------
 
 

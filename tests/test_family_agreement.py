@@ -49,9 +49,21 @@ def _rel(out, ref) -> float:
     return float((out - ref).abs().max() / ref.abs().max())
 
 
+# Wan's UniPC config with other flow-sigma multistep schedulers and sigma spacings a Wan user may choose.
+WAN_SCHEDULERS = {
+    "dpmpp2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmpp3m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 3}),
+    "unipc-karras": ("UniPCMultistepScheduler", {"use_karras_sigmas": True}),
+    "unipc3": ("UniPCMultistepScheduler", {"solver_order": 3}),
+}
+
+
 def _scheduler(kind: str, name: str | None):
     """The scheduler compared (None: the pipeline's shipped one)."""
     config = tp.build(kind).scheduler.config
+    if name in WAN_SCHEDULERS:
+        cls, options = WAN_SCHEDULERS[name]
+        return getattr(diffusers, cls).from_config(config, **options)
     if name == "ddim":
         return diffusers.DDIMScheduler.from_config(config, timestep_spacing="leading", clip_sample=False,
                                                    set_alpha_to_one=False)
@@ -108,6 +120,31 @@ def wan_loop(pipe, den, cond, z, nfe: int, integer_times: bool = False):
 
 
 CASES = [("sd", "ddim"), ("sd", "euler"), ("sdxl", None), ("sd3", None), ("flux", None), ("wan", None)]
+
+
+@pytest.mark.parametrize("scheduler", sorted(WAN_SCHEDULERS))
+def test_wan_with_other_flow_sigma_schedulers_in_float64_is_lf_sample(scheduler):
+    """DPM-Solver++ 2M / 3M on flow sigmas, UniPC on Karras-spaced flow sigmas and UniPC-3, in Wan's loop: the
+    grid and the update read from the scheduler equal its own steps (NFE 4)."""
+    ours, theirs = ours_and_theirs("wan", scheduler, 4)
+    rel = _rel(ours, theirs)
+    assert rel <= TOL["fp64_vs_diffusers"], f"wan {scheduler}: {rel:.2e}"
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"use_exponential_sigmas": True}, "use_flow_sigmas and use_exponential_sigmas makes sigmas up to 157"),
+    ({"use_beta_sigmas": True}, "use_beta_sigmas makes sigmas up to 157"),
+    ({"final_sigmas_type": "sigma_min"}, "final_sigmas_type='sigma_min'.*a step of length 0"),
+])
+def test_flow_sigma_grids_without_a_flow_meaning_are_refused_by_name(options, match):
+    """diffusers' exponential / beta spacings ignore use_flow_sigmas (they span the DDPM betas' sigmas, up to
+    157); final_sigmas_type="sigma_min" repeats the last flow sigma (a zero-length step)."""
+    pipe = tp.build("wan")
+    other = diffusers.UniPCMultistepScheduler.from_config(pipe.scheduler.config, **options)
+    den = lf.from_pipeline(type(pipe)(**{**pipe.components, "scheduler": other}), height=SIZE, width=SIZE,
+                           num_frames=FRAMES, max_sequence_length=8)
+    with pytest.raises(lf.InvalidArgument, match=match):
+        den.pipeline_schedule(4)
 
 
 @pytest.mark.parametrize("nfe", [4, 8])

@@ -112,7 +112,9 @@ def pipeline_args(sp, condition: str) -> None:
     """--pipeline and the options that only it reads; a command's RULES say that they need it."""
     sp.add_argument("--pipeline", help="a local diffusers pipeline folder (Stable Diffusion, SDXL, SD3, Flux or Wan; "
                                        f"safetensors weights, nothing fetched) instead of --model; {condition}")
-    sp.add_argument("--negative-prompt", default="", help="with --pipeline: the null condition of guidance")
+    sp.add_argument("--negative-prompt", default=None,
+                    help="with --pipeline: the null condition of guidance (default: the pipeline's own, the empty "
+                         "prompt; SDXL: zeros)")
     sp.add_argument("--height", type=POSITIVE, help="with --pipeline: image height (default: the pipeline's)")
     sp.add_argument("--width", type=POSITIVE, help="with --pipeline: image width (default: the pipeline's)")
     sp.add_argument("--max-sequence-length", type=POSITIVE,

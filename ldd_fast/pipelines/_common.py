@@ -80,6 +80,11 @@ class Family:
         """Per-sample conditions for prompts, as the pipeline encodes them (called under no_grad)."""
         raise NotImplementedError
 
+    def null_condition(self, pipe, encode_prompt, negative_prompt: str | None):
+        """The null condition of guidance (one example): the negative prompt's embedding; None means the
+        pipeline's default negative prompt, "" for every family here but SDXL."""
+        return map_cond(lambda c: c[0], encode_prompt(["" if negative_prompt is None else negative_prompt]))
+
     def denoiser(self, pipe, req: Request, null) -> Denoiser:
         """The Denoiser with its sample_shape; null is the negative prompt's condition (one example)."""
         raise NotImplementedError
@@ -138,13 +143,15 @@ def _device(module: torch.nn.Module) -> torch.device:
 
 
 def from_pipeline(pipe, *, height: int | None = None, width: int | None = None, guidance_scale: float | None = None,
-                  negative_prompt: str = "", true_cfg_scale: float = 1.0, max_sequence_length: int | None = None,
+                  negative_prompt: str | None = None, true_cfg_scale: float = 1.0, max_sequence_length: int | None = None,
                   num_frames: int | None = None):
     """A Denoiser for a registered pipeline (see the package docstring).
 
     height, width: the image size (default: the pipeline's default size). guidance_scale: as the
     pipeline's argument of the same name (classifier-free guidance, default the pipeline's; Flux: the
-    embedded guidance, default 3.5). negative_prompt: its embedding is the null condition.
+    embedded guidance, default 3.5). negative_prompt: its embedding is the null condition (None: the
+    pipeline's own default, the empty prompt's embedding, or for SDXL zeros where the pipeline's
+    force_zeros_for_empty_prompt is set, as StableDiffusionXLPipeline does without a negative prompt).
     true_cfg_scale: Flux's classifier-free guidance (1: off). max_sequence_length: the T5 prompt length
     (families with a T5 encoder; default the pipeline's). num_frames: a video family's frame count
     (default the pipeline's).
@@ -185,7 +192,9 @@ def from_pipeline(pipe, *, height: int | None = None, width: int | None = None, 
         with torch.no_grad():
             return map_cond(torch.Tensor.detach, family.encode(pipe, list(prompts), req))
 
-    null = map_cond(lambda c: c[0], encode_prompt([negative_prompt]))
+    if negative_prompt is not None and not isinstance(negative_prompt, str):
+        raise InvalidArgumentType(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
+    null = family.null_condition(pipe, encode_prompt, negative_prompt)
     den = family.denoiser(pipe, req, null)
     grid = family.grid(pipe, req)
     decoding = family.decoding(pipe, req)
@@ -267,6 +276,18 @@ def flow_scheduler_schedule(scheduler, den: Denoiser, nfe: int) -> Schedule:
     if len(t) != nfe + 1:
         raise InvalidArgument(f"the pipeline's {name} made {len(t) - 1} steps for num_inference_steps={nfe}; its "
                               "grid does not map to one network call per step")
+    if float(t.max()) > 1.0:
+        # diffusers' exponential / beta sigmas (and DPM-Solver's Karras sigmas) ignore use_flow_sigmas: they span
+        # the DDPM betas' sigmas (up to ~157), which are not times of a rectified flow.
+        keys = [k for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas") if _get(cfg, k, False)]
+        raise InvalidArgument(f"the pipeline's {name} with use_flow_sigmas and {' / '.join(keys) or 'its config'} "
+                              f"makes sigmas up to {float(t.max()):.4g} (diffusers spaces them on the DDPM betas, "
+                              "not on the flow's [0, 1]): no rectified-flow grid to reproduce; drop that option")
+    if bool((t[1:] >= t[:-1]).any()):
+        i = int((t[1:] >= t[:-1]).nonzero()[0])
+        raise InvalidArgument(f"the pipeline's {name} (final_sigmas_type={_get(cfg, 'final_sigmas_type')!r}) steps "
+                              f"from sigma {float(t[i]):.6g} to {float(t[i + 1]):.6g}: a step of length 0, which no "
+                              "solver here takes; final_sigmas_type='zero' ends on the data")
     final = "zero" if float(t[-1]) == 0.0 else "t_min"
     options = {}
     if solver == "unipc" and _get(cfg, "solver_type") in ("bh1", "bh2"):

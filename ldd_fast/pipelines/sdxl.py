@@ -48,6 +48,15 @@ class StableDiffusionXL(StableDiffusion):
         return {"encoder_hidden_states": embeds, "text_embeds": pooled,
                 "time_ids": time_ids.to(embeds.device).repeat(embeds.shape[0], 1)}
 
+    def null_condition(self, pipe, encode_prompt, negative_prompt):
+        null = super().null_condition(pipe, encode_prompt, negative_prompt)
+        config = getattr(pipe, "config", None)
+        if negative_prompt is None and _get(config, "force_zeros_for_empty_prompt", False):
+            # StableDiffusionXLPipeline without a negative prompt: zero text embeddings, the same time ids.
+            null = {**null, "encoder_hidden_states": torch.zeros_like(null["encoder_hidden_states"]),
+                    "text_embeds": torch.zeros_like(null["text_embeds"])}
+        return null
+
     def decoding(self, pipe, req):
         cfg = pipe.vae.config
         scale = float(_get(cfg, "scaling_factor", 1.0))
