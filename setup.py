@@ -23,10 +23,14 @@ EXTRAS = {
     "pipelines": ["diffusers>=0.30", "safetensors", "transformers>=4.46", "accelerate"],
     "demo": ["scikit-learn>=1.3", "matplotlib>=3.7", "pillow>=10", "tqdm>=4.60", "safetensors"],
     "lpips": ["lpips>=0.1.4"],
+    # ldd-fast serve: the tritonserver binary (with its Python backend) that nvidia-pytriton bundles, Linux x86-64,
+    # glibc >= 2.35. It pins numpy < 2, which the Python backend's stub needs in the model's environment.
+    "serve": ["nvidia-pytriton==0.7.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
+              "tritonclient[http,grpc]"],
 }
 EXTRAS["test"] = sorted(
-    # tritonclient: the Triton model config protobuf that tests/test_serving.py parses config.pbtxt with
-    {"pytest>=7", "scipy>=1.10", "hypothesis>=6.100", "tritonclient[grpc]"} | set(EXTRAS["demo"])
+    # serve: tests/test_serving_server.py runs a real tritonserver; tritonclient parses config.pbtxt
+    {"pytest>=7", "scipy>=1.10", "hypothesis>=6.100"} | set(EXTRAS["demo"]) | set(EXTRAS["serve"])
     | set(EXTRAS["pipelines"])
     | set(EXTRAS["export"]) | set(EXTRAS["triton"])
 )

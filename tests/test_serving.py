@@ -129,6 +129,14 @@ def refused(response, *words):
         assert word in response.error().message(), (word, response.error().message())
 
 
+def parse_config(text: str):
+    """config.pbtxt through tritonclient's ModelConfig protobuf: what the server reads it into."""
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
 def rel(a, b) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
@@ -200,13 +208,10 @@ def test_the_command_line_writes_the_repository(cli_repo):
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "eager"])
 def test_config_pbtxt_is_a_triton_model_config(backend, cli_repo, eager_repo):
-    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
-    from google.protobuf import text_format
-
+    pb = pytest.importorskip("tritonclient.grpc.model_config_pb2")
     model_dir = os.path.join(cli_repo, NAME) if backend == "onnxruntime" else eager_repo.model_dir
     with open(os.path.join(model_dir, "config.pbtxt")) as f:
-        config = text_format.Parse(f.read(), model_config_pb2.ModelConfig())
-    pb = model_config_pb2
+        config = parse_config(f.read())
     assert (config.name, config.backend, config.max_batch_size) == (NAME, "python", 64)
     inputs = {i.name: (i.data_type, list(i.dims), i.optional) for i in config.input}
     assert inputs == {"z": (pb.TYPE_FP32, list(SHAPE), True), "seed": (pb.TYPE_INT64, [1], True),
@@ -221,14 +226,11 @@ def test_config_pbtxt_is_a_triton_model_config(backend, cli_repo, eager_repo):
 
 
 def test_config_options_and_an_unconditional_repository(den, sched, tmp_path):
-    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
-    from google.protobuf import text_format
-
     repo = write_repository(den, sched, tmp_path / "repo", model="digits", backend="eager", name="digits.v2",
                             max_batch=8, instances=3, conditional=False, preferred_batch_sizes=[4, 8],
                             max_queue_delay_us=250)
     with open(repo.config_path) as f:
-        config = text_format.Parse(f.read(), model_config_pb2.ModelConfig())
+        config = parse_config(f.read())
     assert config.name == "digits.v2" and config.max_batch_size == 8
     assert [i.name for i in config.input] == ["z", "seed", "guidance"]  # no cond
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
@@ -355,7 +357,17 @@ def test_write_repository_refuses_what_it_cannot_serve(den, sched, tmp_path):
     with pytest.raises(lf.InvalidArgument, match="name '../up'"):
         write_repository(den, sched, tmp_path / "r", name="../up")
     with pytest.raises(lf.InvalidArgument, match="backend"):
-        write_repository(den, sched, tmp_path / "r", backend="tensorrt")
+        write_repository(den, sched, tmp_path / "r", backend="tflite")
+    if importlib.util.find_spec("tensorrt") is None:  # named before anything is written
+        with pytest.raises(lf.MissingDependency, match="tensorrt"):
+            write_repository(den, sched, tmp_path / "r", backend="tensorrt")
+    for bad, match in (({"fp16": True}, "fp16.*eager"), ({"native": True}, "native.*eager")):
+        with pytest.raises(lf.InvalidArgument, match=match):
+            write_repository(den, sched, tmp_path / "r", backend="eager", **bad)
+    with pytest.raises(lf.InvalidArgument, match="native model name 'ldd_sampler'"):
+        write_repository(den, sched, tmp_path / "r", native="ldd_sampler")
+    with pytest.raises(lf.InvalidArgument, match="native with schedule_as_input"):
+        write_repository(den, sched, tmp_path / "r", native=True, schedule_as_input=True)
     with pytest.raises(lf.InvalidArgument, match="schedule_as_input.*eager"):
         write_repository(den, sched, tmp_path / "r", backend="eager", schedule_as_input=True)
     with pytest.raises(lf.InvalidArgument, match="guides.*conditional"):
@@ -372,7 +384,11 @@ BASE = ["export", "--model", "digits", "--schedule", "s.json"]
 
 @pytest.mark.parametrize("argv, message", [
     (["--onnx", "s.onnx", "--name", "m"], "--name needs --triton-repo"),
-    (["--onnx", "s.onnx", "--triton-backend", "eager"], "--triton-backend needs --triton-repo"),
+    (["--onnx", "s.onnx", "--backend", "eager"], "--backend needs --triton-repo"),
+    (["--onnx", "s.onnx", "--native"], "--native needs --triton-repo"),
+    (["--triton-repo", "r", "--backend", "eager", "--native"], "--native configures the ONNX graph"),
+    (["--triton-repo", "r", "--backend", "onnxruntime", "--workspace", "64"], "--workspace configures a TensorRT"),
+    (["--triton-repo", "r", "--backend", "tensorrt", "--tensorrt", "e.plan"], "give one of them"),
     (["--onnx", "s.onnx", "--instances", "2"], "--instances needs --triton-repo"),
     (["--onnx", "s.onnx", "--max-batch", "8"], "--max-batch needs --tensorrt or --triton-repo"),
     (["--triton-repo", "r", "--static-batch", "2"], "--static-batch and --triton-repo cannot be given together"),
@@ -381,7 +397,7 @@ BASE = ["export", "--model", "digits", "--schedule", "s.json"]
     (["--triton-repo", "r", "--triton-backend", "eager", "--verify"], "--verify configures the ONNX graph"),
     ([], "export needs --onnx (a graph file) or --triton-repo"),
     (["--triton-repo", "r", "--triton-backend", "eager", "--model", "pkg.mod:factory"],
-     "--model pkg.mod:factory needs --triton-backend onnxruntime"),
+     "--model pkg.mod:factory needs --backend onnxruntime"),
 ])
 def test_the_command_line_refuses_triton_options_that_cannot_take_effect(argv, message):
     with pytest.raises(CLIError) as e:
@@ -391,8 +407,10 @@ def test_the_command_line_refuses_triton_options_that_cannot_take_effect(argv, m
 
 def test_the_command_line_takes_the_triton_options():
     args = parse_args(BASE + ["--triton-repo", "r", "--max-batch", "8", "--name", "m", "--instances", "2",
-                              "--triton-backend", "eager"])
-    assert (args.onnx, args.max_batch, args.name, args.instances, args.triton_backend) == (None, 8, "m", 2, "eager")
+                              "--triton-backend", "eager"])  # --triton-backend: the old name of --backend
+    assert (args.onnx, args.max_batch, args.name, args.instances, args.backend) == (None, 8, "m", 2, "eager")
+    args = parse_args(BASE + ["--triton-repo", "r", "--native", "--instance-threads", "2", "--queue-delay-us", "0"])
+    assert (args.backend, args.native, args.instance_threads, args.queue_delay_us) == ("onnxruntime", True, 2, 0)
     parse_args(BASE + ["--onnx", "s.onnx", "--tensorrt", "s.plan", "--max-batch", "8"])  # TensorRT's, as before
 
 
@@ -416,3 +434,67 @@ def test_an_eager_repository_of_a_diffusers_folder_serves_a_copy_of_it(tmp_path,
     [response] = model.execute([Request(z=z.numpy())])
     with torch.no_grad():
         assert torch.equal(x0(response), lf.sample(den, z, sched))
+
+
+# ----- a text-to-image pipeline: prompt + seed -> image ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    tp = pytest.importorskip("tiny_pipelines")
+    folder = tmp_path_factory.mktemp("serving") / "sd"
+    tp.build("sd").save_pretrained(folder)
+    return str(folder)
+
+
+def test_the_command_line_writes_a_pipeline_repository_that_makes_the_images_of_sample(sd_folder, tmp_path):
+    """`ldd-fast export --pipeline P --schedule S --triton-repo R`: prompt + seed -> the uint8 image that
+    `ldd-fast sample --pipeline P --prompt ... --seed s -n 1` makes (eager: bit for bit)."""
+    from ldd_fast.teacher import noise_for
+
+    den = lf.from_pipeline(__import__("diffusers").StableDiffusionPipeline.from_pretrained(
+        sd_folder, local_files_only=True, use_safetensors=True), height=16, width=16)
+    sched = lf.discretize(den.noise, 3, "logsnr").replace(solver="unipc", order=2)
+    sched.save(tmp_path / "s.json")
+    root = tmp_path / "repo"
+    assert main(["export", "--pipeline", sd_folder, "--height", "16", "--width", "16", "--schedule",
+                 tmp_path / "s.json", "--triton-repo", root, "--backend", "eager", "--name", "sd",
+                 "--max-batch", "4"]) == 0
+    with open(root / "sd" / "config.pbtxt") as f:
+        config = parse_config(f.read())
+    pb = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    assert [(i.name, i.data_type) for i in config.input] == [("prompt", pb.TYPE_STRING), ("seed", pb.TYPE_INT64)]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("image", [16, 16, 3])]
+    assert not [f for _, _, names in os.walk(root) for f in names if f.endswith(".bin")]
+    model = load_model(str(root / "sd"))
+    prompts = np.array([[b"a red cat"], [b"the digit seven"]], dtype=object)
+    [response, bad] = model.execute([Request(prompt=prompts, seed=np.array([[3], [4]])),
+                                     Request(prompt=prompts, seed=np.array([[3]]))])
+    assert not response.has_error(), response.error().message()
+    image = get_output_tensor_by_name(response, "image").as_numpy()
+    with torch.no_grad():
+        z = torch.cat([noise_for(1, den.sample_shape, 3), noise_for(1, den.sample_shape, 4)])
+        x = den.decode(lf.sample(den, z, sched, cond=den.encode_prompt(["a red cat", "the digit seven"])))
+    own = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert image.dtype == np.uint8 and image.shape == (2, 16, 16, 3) and np.array_equal(image, own)
+    refused(bad, "1 seeds for 2 prompts")
+    for request, words in ((Request(seed=np.array([[1]])), ("send prompt",)),
+                           (Request(prompt=np.array([[b"  "]], dtype=object)), ("prompt is empty",)),
+                           (Request(prompt=np.array([[b"\xff\xfe"]], dtype=object)), ("not UTF-8",)),
+                           (Request(prompt=np.array([[b"x" * 2001]], dtype=object)), ("2001 characters",)),
+                           (Request(prompt=prompts[:1], seed=np.array([[-2]])), ("seed -2 is negative",))):
+        refused(model.execute([request])[0], *words)
+    [response] = model.execute([Request(prompt=prompts[:1])])  # no seed: a random one, still an image
+    assert get_output_tensor_by_name(response, "image").as_numpy().shape == (1, 16, 16, 3)
+
+
+def test_a_pipeline_repository_refuses_what_it_cannot_serve(sd_folder, tmp_path):
+    from ldd_fast.serving import write_pipeline_repository
+
+    den = lf.zoo.load("digits")
+    with pytest.raises(lf.InvalidArgumentType, match="from lf.from_pipeline"):
+        write_pipeline_repository(den, lf.discretize(den.noise, 2, "edm"), tmp_path / "r", pipeline_folder=sd_folder)
+    with pytest.raises(CLIError, match="--native serves a bare sampler graph"):
+        parse_args(["export", "--pipeline", sd_folder, "--schedule", "s.json", "--triton-repo", "r", "--native"])
+    with pytest.raises(CLIError, match="--backend eager or onnxruntime"):
+        parse_args(["export", "--pipeline", sd_folder, "--schedule", "s.json", "--triton-repo", "r", "--backend",
+                    "tensorrt"])

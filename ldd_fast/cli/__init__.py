@@ -1,4 +1,4 @@
-"""The `ldd-fast` command line: sample, learn, quality, bench, plan, export, demo.
+"""The `ldd-fast` command line: sample, learn, quality, bench, plan, export, serve, demo.
 
 One module per command, each with its parser (`add_parser`), its table of options that need or
 exclude another option (`RULES`, read by `parse_args`), its other argument checks (`validate`,
@@ -22,11 +22,11 @@ import torch
 
 from .._version import __version__
 from ..exit_status import run_command
-from . import bench, demo, export, learn, plan, quality, sample
+from . import bench, demo, export, learn, plan, quality, sample, serve
 from .common import CLIError, HelpFormatter, Parser, check_rules, given_options
 from .load import DIFFUSERS_NETWORKS
 
-COMMANDS = {m.__name__.rsplit(".", 1)[1]: m for m in (sample, learn, quality, bench, plan, export, demo)}
+COMMANDS = {m.__name__.rsplit(".", 1)[1]: m for m in (sample, learn, quality, bench, plan, export, serve, demo)}
 
 __all__ = ["main", "parse_args", "build_parser", "CLIError", "COMMANDS", "DIFFUSERS_NETWORKS"]
 

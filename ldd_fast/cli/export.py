@@ -4,6 +4,7 @@ to decode the latents); with --triton-repo a Triton Inference Server model repos
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 
 import torch
@@ -15,19 +16,20 @@ from .limits import compute_args, setup_compute
 from .load import load_denoiser, sample_shape
 
 HELP = "export a fixed sampler to ONNX (and TensorRT), or as a Triton Inference Server model repository"
-TENSORRT_ONLY = ("--min-batch", "--opt-batch", "--strongly-typed", "--timing-cache", "--workspace")
-TRITON_ONLY = ("--name", "--triton-backend", "--instances")
+TENSORRT_ONLY = ("--min-batch", "--opt-batch")
+ENGINE_OPTIONS = ("--strongly-typed", "--timing-cache", "--workspace")  # --tensorrt's or --backend tensorrt's
+TRITON_ONLY = ("--name", "--backend", "--instances", "--native", "--instance-threads", "--queue-delay-us")
 # Options that only configure the ONNX graph: refused when no graph is written (eager backend, no --onnx).
 GRAPH_ONLY = ("--fp16", "--opset", "--schedule-as-input", "--verify", "--tensorrt")
 RULES = [*pipeline_rules(),
          needs("--prompt", "--pipeline", "the example condition a pipeline's graph is traced with"),
          excludes("--conditional", "--pipeline", "a pipeline's graph always takes its prompt embeddings"),
          *(needs(o, "--tensorrt", "it configures the TensorRT build") for o in TENSORRT_ONLY),
+         *(needs(o, "--tensorrt or --backend", "it configures the TensorRT build") for o in ENGINE_OPTIONS),
          needs("--max-batch", "--tensorrt or --triton-repo", "the largest batch of the engine or of Triton's batcher"),
          *(excludes(o, "--static-batch", "a static batch fixes the engine's batch")
            for o in ("--min-batch", "--opt-batch", "--max-batch")),
          *(needs(o, "--triton-repo", "it configures the Triton model repository") for o in TRITON_ONLY),
-         excludes("--triton-repo", "--pipeline", "a pipeline's prompt inputs are not served by Triton yet"),
          excludes("--static-batch", "--triton-repo", "Triton batches requests dynamically")]
 
 
@@ -79,10 +81,21 @@ def add_parser(sub, formatter):
                         "config.pbtxt + version 1 with a Python-backend model.py); its graph goes inside it when "
                         "--onnx is not given. Class-conditional models take optional class labels")
     p.add_argument("--name", default="ldd_sampler", help="with --triton-repo: the model's name (its folder)")
-    p.add_argument("--triton-backend", choices=("onnxruntime", "eager"), default="onnxruntime",
-                   help="with --triton-repo: run the exported graph with onnxruntime, or lf.sample on the model "
-                        "(a built-in model or a diffusers folder, copied into the repository)")
+    p.add_argument("--backend", "--triton-backend", dest="backend", choices=("onnxruntime", "eager", "tensorrt"),
+                   default=None,
+                   help="with --triton-repo: what the served model runs: the exported graph with onnxruntime "
+                        "(default when installed), lf.sample on the model (eager: a built-in model or a diffusers "
+                        "folder, copied into the repository; the default without onnxruntime), or a TensorRT "
+                        "engine built into the repository (needs tensorrt and an NVIDIA GPU)")
     p.add_argument("--instances", type=POSITIVE, default=1, help="with --triton-repo: model instances Triton runs")
+    p.add_argument("--native", action="store_true",
+                   help="with --triton-repo: also write the graph (engine) as NAME_native for Triton's own "
+                        "onnxruntime_onnx (tensorrt_plan) backend, for servers that have it")
+    p.add_argument("--instance-threads", type=POSITIVE, default=None, metavar="N",
+                   help="with --triton-repo: intra-op threads of each CPU instance (default: the libraries', one per "
+                        "core)")
+    p.add_argument("--queue-delay-us", type=int, default=1000, metavar="US",
+                   help="with --triton-repo: how long Triton's batcher waits for more requests (default 1000 us)")
     compute_args(p)
     return p
 
@@ -101,14 +114,30 @@ def validate(args, given) -> None:
             check_model_name(args.name)
         except LddFastError as e:  # its message starts with "name ...": the option's name on the command line
             raise CLIError(f"--{e}") from None
-        if args.triton_backend == "eager" and args.model and ":" in args.model and not os.path.exists(args.model):
-            raise CLIError(f"--triton-backend eager reloads the model inside Triton from the repository, which never "
-                           f"holds Python code: --model {args.model} needs --triton-backend onnxruntime")
-        if args.triton_backend == "eager" and not args.onnx:
-            for option in GRAPH_ONLY:
+        if args.backend is None:  # onnxruntime where it is installed
+            args.backend = "onnxruntime" if importlib.util.find_spec("onnxruntime") else "eager"
+        if args.backend == "eager" and args.model and ":" in args.model and not os.path.exists(args.model):
+            raise CLIError(f"--backend eager reloads the model inside Triton from the repository, which never "
+                           f"holds Python code: --model {args.model} needs --backend onnxruntime")
+        if args.backend == "eager" and not args.onnx:
+            for option in GRAPH_ONLY + ("--native",):
                 if option.lstrip("-").replace("-", "_") in given:
-                    raise CLIError(f"{option} configures the ONNX graph, and --triton-backend eager writes none: "
-                                   f"add --onnx FILE or use --triton-backend onnxruntime")
+                    raise CLIError(f"{option} configures the ONNX graph, and --backend eager writes none: "
+                                   f"add --onnx FILE or use --backend onnxruntime")
+        if args.pipeline and args.backend == "tensorrt":
+            raise CLIError("--pipeline with --triton-repo serves the sampler with --backend eager or onnxruntime "
+                           "(the text encoders and the VAE run in torch beside it)")
+        if args.pipeline and args.native:
+            raise CLIError("--native serves a bare sampler graph; a pipeline's repository takes prompts (leave out "
+                           "--native, or export the graph with --onnx)")
+        if args.queue_delay_us < 0:
+            raise CLIError(f"--queue-delay-us must be >= 0, got {args.queue_delay_us}")
+    engine_options = [o for o in ENGINE_OPTIONS if o.lstrip("-").replace("-", "_") in given]
+    if engine_options and not args.tensorrt and args.backend != "tensorrt":
+        raise CLIError(f"{engine_options[0]} configures a TensorRT build: it needs --tensorrt or --backend tensorrt")
+    if args.backend == "tensorrt" and args.tensorrt:
+        raise CLIError("--backend tensorrt builds the engine inside the repository; --tensorrt PATH writes another "
+                       "one: give one of them")
     lo, hi = args.min_batch or 1, args.max_batch or 64
     opt = args.opt_batch or hi
     if not lo <= opt <= hi:
@@ -131,7 +160,7 @@ def run(args) -> int:
     if args.timing_cache:
         check_output_path(args.timing_cache, "--timing-cache")
     sched = Schedule.load(args.schedule)
-    if args.pipeline:
+    if args.pipeline and args.onnx:
         check_output_path(manifest_path(args.onnx), "the manifest beside --onnx")
     device = setup_compute(args)
     den = load_denoiser(args).to(device)
@@ -155,24 +184,44 @@ def run(args) -> int:
                        dynamic_batch=args.static_batch is None, dtype=dtype, opset=args.opset,
                        schedule_as_input=args.schedule_as_input, method=args.method, force=args.force, **options)
         report_graph(info)
-    if args.triton_repo:
+    if args.triton_repo and args.pipeline:
+        from ..serving import write_pipeline_repository
+
+        repo = write_pipeline_repository(
+            den, sched, args.triton_repo, pipeline_folder=args.pipeline, name=args.name, backend=args.backend,
+            pipeline_args={"guidance_scale": args.guidance, "negative_prompt": args.negative_prompt,
+                           "max_sequence_length": args.max_sequence_length},
+            max_batch=args.max_batch or 4, instances=args.instances, solver=args.solver, order=args.order,
+            force=args.force, max_queue_delay_us=args.queue_delay_us, threads=args.instance_threads, device=device,
+            fp16=args.fp16, opset=args.opset, **options)
+        served = repo.sampler
+        print(f"wrote the Triton model repository {repo.root}: model {args.name} ({served['class']}, "
+              f"{served['backend']}, {served['solver']}{served['order']}, nfe {served['nfe']}, max batch "
+              f"{served['max_batch']}): prompt + seed -> image uint8 {served['image']}")
+        info = info or repo.graph
+    elif args.triton_repo:
         from ..serving import write_repository
 
-        graph = {} if args.triton_backend == "eager" else dict(dtype=dtype, opset=args.opset,
-                                                                 schedule_as_input=args.schedule_as_input)
+        graph = {} if args.backend == "eager" else dict(dtype=dtype, opset=args.opset,
+                                                          schedule_as_input=args.schedule_as_input)
+        trt = {k: v for k, v in (("strongly_typed", args.strongly_typed), ("timing_cache", args.timing_cache),
+                                 ("workspace", None if args.workspace is None else args.workspace << 20)) if v}
         repo = write_repository(den, sched, args.triton_repo, model=args.model, name=args.name,
-                                backend=args.triton_backend, max_batch=args.max_batch or 64,
+                                backend=args.backend, max_batch=args.max_batch or 64,
                                 instances=args.instances, solver=args.solver, order=args.order,
                                 conditional=True if args.conditional else None, shape=shape, device=device,
-                                force=args.force, **graph, **options)
+                                force=args.force, max_queue_delay_us=args.queue_delay_us,
+                                threads=args.instance_threads, native=args.native,
+                                tensorrt_options=trt or None, **graph, **options)
         if repo.graph is not None:
             report_graph(repo.graph)
         info = info or repo.graph  # --verify / --tensorrt use the repository's graph when --onnx is not given
         served = repo.sampler
         print(f"wrote the Triton model repository {repo.root}: model {args.name} ({served['backend']}, "
               f"{served['solver']}{served['order']}, nfe {served['nfe']}, max batch {served['max_batch']}, inputs "
-              f"z | seed{', cond' if served['conditional'] else ''}, guidance)")
-    if args.pipeline:
+              f"z | seed{', cond' if served['conditional'] else ''}, guidance)"
+              + (f"; {args.name}_native for Triton's own backend" if args.native else ""))
+    if args.pipeline and args.onnx:
         from ..io import read_json
 
         components = [k for k in read_json(os.path.join(args.pipeline, "model_index.json"), "pipeline index")

@@ -55,10 +55,18 @@ class TritonPythonModel:
         # Triton says where this instance runs (instance_group kind and device id).
         gpu = args.get("model_instance_kind") == "GPU"
         self.device = torch.device(f"cuda:{int(args.get('model_instance_device_id', 0))}" if gpu else "cpu")
+        threads = spec.get("threads")
+        if threads and not gpu:
+            torch.set_num_threads(int(threads))
         if spec["backend"] == "onnxruntime":
             from ldd_fast.export import OnnxSampler
 
-            self.runner = OnnxSampler(os.path.join(folder, spec["graph"]))
+            self.runner = OnnxSampler(os.path.join(folder, spec["graph"]), threads=threads or None)
+            self.den = self.schedule = None
+        elif spec["backend"] == "tensorrt":
+            from ldd_fast.export import TensorRTSampler
+
+            self.runner = TensorRTSampler(os.path.join(folder, spec["engine"]), device=self.device)
             self.den = self.schedule = None
         else:
             self.den = self._load_model(folder, spec)

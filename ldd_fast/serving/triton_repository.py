@@ -7,6 +7,9 @@
     <repo_dir>/<name>/1/schedule.json     the schedule (lf.Schedule.save)
     <repo_dir>/<name>/1/sampler.onnx      backend "onnxruntime": the exported graph (+ sampler.onnx.data)
     <repo_dir>/<name>/1/model/            backend "eager" with a diffusers folder: its UNet and scheduler config
+    <repo_dir>/<name>/1/sampler.plan      backend "tensorrt": the engine built from sampler.onnx (+ .plan.json)
+    <repo_dir>/<native>/                  native=: the same graph (engine) for Triton's own onnxruntime_onnx
+                                          (tensorrt_plan) backend, for servers that have it: model.onnx / model.plan
 
 model.py reads only files of its own version folder, so a repository can be copied to the serving machine
 as it is. The schedule and solver belong to the version (a new schedule is a new version), which is why
@@ -32,12 +35,14 @@ from ..io import atomic_write, atomic_write_bytes, atomic_write_text, check_outp
 from ..sample import plan_for, sampler_options
 from ..schedule import Schedule
 
-BACKENDS = ("onnxruntime", "eager")
+BACKENDS = ("onnxruntime", "eager", "tensorrt")
 VERSION = "1"                  # the one version this increment writes
 SAMPLER_FILE = "sampler.json"  # what model.py runs
 MODEL_FILE = "model.py"
 SCHEDULE_FILE = "schedule.json"
 GRAPH_FILE = "sampler.onnx"
+ENGINE_FILE = "sampler.plan"   # backend "tensorrt": the engine built from the graph (+ sampler.plan.json)
+NATIVE_PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
 DIFFUSERS_DIR = "model"        # a copied diffusers folder (eager backend)
 FORMAT = "ldd-fast triton sampler"
 FORMAT_VERSION = 1
@@ -72,7 +77,9 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
                      instances: int = 1, solver: str | None = None, order: int | None = None,
                      conditional: bool | None = None, shape=None, device=None, dtype: torch.dtype | None = None,
                      opset: int | None = None, schedule_as_input: bool = False, force: bool = False,
-                     preferred_batch_sizes=None, max_queue_delay_us: int = 1000, **options) -> TritonRepository:
+                     preferred_batch_sizes=None, max_queue_delay_us: int = 1000, threads: int | None = None,
+                     fp16: bool = False, native: bool | str = False, tensorrt_options: dict | None = None,
+                     **options) -> TritonRepository:
     """Write a Triton model repository whose Python-backend model runs `lf.sample(den, z, schedule)`.
 
     Args:
@@ -83,8 +90,9 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
             Needed by backend "eager", which reloads the model inside Triton from the repository; default:
             den.name for a built-in model. A `module:factory` model imports user code the repository does not
             hold: serve it with backend "onnxruntime".
-        backend: "onnxruntime" (the exported graph, `ldd_fast.export.OnnxSampler`) or "eager" (`lf.sample`,
-            bit-identical to it for a lone request).
+        backend: "onnxruntime" (the exported graph, `ldd_fast.export.OnnxSampler`), "eager" (`lf.sample`,
+            bit-identical to it for a lone request) or "tensorrt" (an engine built here from the graph,
+            `TensorRTSampler`: needs tensorrt and an NVIDIA GPU, device="cuda"; profile batch 1 .. max_batch).
         max_batch: Triton's max_batch_size: the most samples one sampler call takes (requests are batched).
         instances: model instances Triton runs (each loads its own sampler).
         solver, order, force, **options: as for lf.sample (default: the schedule's solver and order).
@@ -97,6 +105,14 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
         preferred_batch_sizes: Triton's dynamic batcher sends a batch at once when it reaches one of these
             (default: [max_batch]).
         max_queue_delay_us: how long the batcher waits for more requests before it sends a smaller batch.
+        threads: CPU instances: each one's torch (and onnxruntime) intra-op threads (default: the libraries'
+            own, one per core, which oversubscribes the cores when several instances run).
+        fp16: the network in float16 inside the graph (onnxruntime) and the engine (tensorrt).
+        native: also write the graph (onnxruntime) or the engine (tensorrt) as a model of Triton's own
+            onnxruntime_onnx / tensorrt_plan backend, named `native` (True: "<name>_native"), for a server that
+            has that backend. Its inputs and output are the graph's (z, cond..., sample); no seed input, no
+            request checks beyond Triton's own.
+        tensorrt_options: build_tensorrt's other arguments (strongly_typed, timing_cache, workspace).
     """
     # Every argument before any file is touched.
     if not isinstance(den, Denoiser):
@@ -112,6 +128,18 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
     boolean(schedule_as_input, "schedule_as_input")
     boolean(force, "force")
     max_queue_delay_us = integer(max_queue_delay_us, "max_queue_delay_us", 0)
+    if threads is not None:
+        threads = integer(threads, "threads", 1)
+    boolean(fp16, "fp16")
+    if not isinstance(native, (bool, str)):
+        raise InvalidArgumentType(f"native must be a bool or a model name, got {type(native).__name__}")
+    native_name = (f"{name}_native" if native is True else check_model_name(native)) if native else None
+    if native_name == name:
+        raise InvalidArgument(f"native model name {native_name!r} is the Python-backend model's own name")
+    if tensorrt_options is not None and not isinstance(tensorrt_options, dict):
+        raise InvalidArgumentType(f"tensorrt_options must be a dict, got {type(tensorrt_options).__name__}")
+    if tensorrt_options and backend != "tensorrt":
+        raise InvalidArgument("tensorrt_options configure the engine of backend 'tensorrt'")
     preferred = _preferred(preferred_batch_sizes, max_batch)
     if model is not None:
         string(model, "model")
@@ -126,11 +154,26 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
     shape = shape_of(shape, "shape")
     device = device_of(device) or next((p.device for p in den.parameters()), torch.device("cpu"))
     if backend == "eager":
-        graph_only = {"dtype": dtype is not None, "opset": opset is not None, "schedule_as_input": schedule_as_input}
+        graph_only = {"dtype": dtype is not None, "opset": opset is not None, "schedule_as_input": schedule_as_input,
+                      "fp16": fp16, "native": bool(native)}
         given = [k for k, v in graph_only.items() if v]
         if given:
             raise InvalidArgument(f"{', '.join(given)} configure(s) the exported graph; backend 'eager' runs "
-                                  f"lf.sample on the model as loaded: use backend 'onnxruntime'")
+                                  f"lf.sample on the model as loaded: use backend 'onnxruntime' or 'tensorrt'")
+    if fp16 and dtype not in (None, torch.float16):
+        raise InvalidArgument(f"fp16 runs the network in float16; dtype={dtype} says otherwise")
+    if fp16:
+        dtype = torch.float16
+    if native and schedule_as_input:
+        raise InvalidArgument("native with schedule_as_input: the schedule's tables would be inputs every client of "
+                              "the native model sends; export the schedule baked in")
+    if backend == "tensorrt":
+        from ..export.tensorrt_engine import _tensorrt
+
+        _tensorrt()  # MissingDependency naming the extra, before anything is written
+        if device.type != "cuda":
+            raise InvalidArgument("backend 'tensorrt' builds and runs a TensorRT engine on an NVIDIA GPU: pass "
+                                  f"device='cuda' (got {device})")
     plan = plan_for(den, schedule, solver=solver, order=order, force=force, **options)
     guidance = den.guidance_scale
     conditional = _conditional(den, conditional)
@@ -148,7 +191,7 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
 
     files = []
     graph = None
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "tensorrt"):
         from ..export import to_onnx
 
         example_z = torch.zeros(1, *shape, device=device)
@@ -158,6 +201,13 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
                         order=plan.order, cond=example_cond, dynamic_batch=True, dtype=dtype, opset=opset,
                         schedule_as_input=schedule_as_input, force=force, **options)
         files += [graph.path] + ([graph.data_path] if graph.data_path else [])
+        if backend == "tensorrt":
+            from ..export import build_tensorrt
+
+            engine = build_tensorrt(graph.path, os.path.join(version_dir, ENGINE_FILE), min_batch=1,
+                                    opt_batch=max(preferred), max_batch=max_batch, fp16=fp16,
+                                    **(tensorrt_options or {}))
+            files += [engine, engine + ".json"]
     elif "diffusers" in source:
         files += _copy_diffusers(model, os.path.join(version_dir, DIFFUSERS_DIR))
     schedule_path = os.path.join(version_dir, SCHEDULE_FILE)
@@ -166,11 +216,12 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
 
     sampler = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "ldd_fast": __version__,
-        "backend": backend, "graph": GRAPH_FILE if backend == "onnxruntime" else None, "model": source,
+        "backend": backend, "graph": GRAPH_FILE if graph is not None else None,
+        "engine": ENGINE_FILE if backend == "tensorrt" else None, "model": source,
         "schedule": SCHEDULE_FILE, "solver": plan.solver, "order": plan.order, "options": dict(options),
         "force": force, "nfe": plan.nfe, "guidance": guidance, "sample_shape": list(shape),
         "conditional": conditional, "num_classes": den.num_classes if conditional else None,
-        "null_label": null_label, "max_batch": max_batch, "fingerprint": den.fingerprint(),
+        "null_label": null_label, "max_batch": max_batch, "fingerprint": den.fingerprint(), "threads": threads,
     }
     sampler_path = os.path.join(version_dir, SAMPLER_FILE)
     atomic_write_text(sampler_path, json.dumps(sampler, indent=1) + "\n")
@@ -181,6 +232,10 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
     atomic_write_text(config_path, config_text(name, sampler, schedule, max_batch=max_batch, instances=instances,
                                                kind=kind, preferred=preferred, delay_us=max_queue_delay_us))
     files += [sampler_path, model_path, config_path]
+    if native_name:
+        files += write_native(root, native_name, backend, graph, os.path.join(version_dir, ENGINE_FILE),
+                              max_batch=max_batch, instances=instances, kind=kind, preferred=preferred,
+                              delay_us=max_queue_delay_us)
     return TritonRepository(root, model_dir, config_path, version_dir, tuple(files), graph, sampler)
 
 
@@ -270,6 +325,75 @@ def _copy_diffusers(folder: str, dst: str) -> list[str]:
         atomic_write(target, lambda tmp, src=src: shutil.copyfile(src, tmp))
         out.append(target)
     return out
+
+
+# ----- the native models --------------------------------------------------------------------------------
+
+# ONNX element types -> Triton's
+_TRITON_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 7: "TYPE_INT64", 6: "TYPE_INT32", 16: "TYPE_BF16"}
+
+
+def graph_signature(graph_path: str) -> tuple[list[dict], list[dict]]:
+    """(inputs, outputs) of an exported graph: name, Triton data type, dims without the batch axis."""
+    from ..export._deps import require
+
+    onnx = require("onnx", "the native Triton model")
+    model = onnx.load(graph_path, load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+
+    def describe(values):
+        out = []
+        for v in values:
+            if v.name in initializers:
+                continue
+            t = v.type.tensor_type
+            dims = [d.dim_value if d.dim_value else -1 for d in t.shape.dim]
+            if t.elem_type not in _TRITON_TYPES:
+                raise InvalidArgument(f"graph {graph_path}: {v.name} has ONNX element type {t.elem_type}, which this "
+                                      "writer does not map to a Triton type")
+            out.append({"name": v.name, "data_type": _TRITON_TYPES[t.elem_type], "dims": dims[1:]})
+        return out
+
+    return describe(model.graph.input), describe(model.graph.output)
+
+
+def write_native(root: str, name: str, backend: str, graph, engine_path: str, *, max_batch: int, instances: int,
+                 kind: str, preferred, delay_us: int) -> list[str]:
+    """<root>/<name>: the graph (engine) as a model of Triton's onnxruntime_onnx (tensorrt_plan) backend."""
+    platform, file = NATIVE_PLATFORMS[backend]
+    inputs, outputs = graph_signature(graph.path)
+    version_dir = os.path.join(root, name, VERSION)
+    os.makedirs(version_dir, exist_ok=True)
+    config_path = check_output_path(os.path.join(root, name, "config.pbtxt"), "native Triton config")
+    copies = [(engine_path, file)] if backend == "tensorrt" else [(graph.path, file)]
+    if backend == "onnxruntime" and graph.data_path:
+        # the graph names its weights file by its own base name: it keeps that name beside model.onnx
+        copies.append((graph.data_path, os.path.basename(graph.data_path)))
+    files = []
+    for src, target_name in copies:
+        target = os.path.join(version_dir, target_name)
+        atomic_write(target, lambda tmp, src=src: shutil.copyfile(src, tmp))
+        files.append(target)
+
+    def tensor(v):
+        # a per-row scalar (class labels [B]) is dims [1] to Triton, reshaped to the graph's [] per row
+        dims, reshape = (v["dims"], "") if v["dims"] else ([1], "\n    reshape: { shape: [ ] }")
+        return f"  {{\n    name: {_text(v['name'])}\n    data_type: {v['data_type']}\n    dims: {_dims(dims)}{reshape}\n  }}"
+
+    lines = [
+        f"# Written by ldd-fast {__version__} (ldd_fast.serving.write_repository, native=): the exported sampler for",
+        f"# Triton's own {platform} backend. Inputs and output are the graph's; see the Python-backend model for seeds.",
+        f"name: {_text(name)}",
+        f"platform: \"{platform}\"",
+        f"max_batch_size: {max_batch}",
+        "input [\n" + ",\n".join(tensor(v) for v in inputs) + "\n]",
+        "output [\n" + ",\n".join(tensor(v) for v in outputs) + "\n]",
+        f"dynamic_batching {{\n  preferred_batch_size: {_dims(preferred)}\n"
+        f"  max_queue_delay_microseconds: {delay_us}\n}}",
+        f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]",
+    ]
+    atomic_write_text(config_path, "\n".join(lines) + "\n")
+    return files + [config_path]
 
 
 # ----- config.pbtxt ------------------------------------------------------------------------------------
