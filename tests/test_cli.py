@@ -122,8 +122,11 @@ def test_every_computing_command_takes_threads_and_device_and_shows_its_defaults
     from ldd_fast.cli import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert set(commands) == {"sample", "learn", "quality", "bench", "plan", "export", "demo"}
+    assert set(commands) == {"sample", "learn", "quality", "bench", "plan", "export", "serve", "demo"}
     for name, sub in commands.items():
+        if name == "serve":  # computes nothing itself: the models run inside Triton (export --instance-threads)
+            assert "--threads" not in {f for a in sub._actions for f in a.option_strings}
+            continue
         flags = {f for a in sub._actions for f in a.option_strings}
         assert {"--threads", "--device"} <= flags, name
         text = sub.format_help()

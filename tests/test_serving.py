@@ -498,3 +498,52 @@ def test_a_pipeline_repository_refuses_what_it_cannot_serve(sd_folder, tmp_path)
     with pytest.raises(CLIError, match="--backend eager or onnxruntime"):
         parse_args(["export", "--pipeline", sd_folder, "--schedule", "s.json", "--triton-repo", "r", "--backend",
                     "tensorrt"])
+
+
+# ----- a model conditioned on tensors: one input per tensor ----------------------------------------------
+
+class CondNet(torch.nn.Module):
+    """x0 from x and a dict condition {"emb": [B, 4], "scale": [B]} (a stand-in for prompt embeddings)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.lin, self.emb = torch.nn.Linear(16, 16), torch.nn.Linear(4, 16)
+
+    def forward(self, x, t, cond):
+        h = torch.tanh(self.lin(x.flatten(1)) + self.emb(cond["emb"])) * cond["scale"].unsqueeze(1)
+        return h.reshape(x.shape)
+
+
+def test_a_tensor_condition_is_one_input_per_tensor(tmp_path):
+    den = lf.Denoiser(CondNet(), lf.EDM(), prediction="x0", time_input="sigma", guidance_scale=2.0,
+                      null_cond={"emb": torch.zeros(4), "scale": torch.ones(())})
+    den.sample_shape = (1, 4, 4)
+    sched = lf.discretize(den.noise, 3, "edm").replace(solver="dpmpp", order=2)
+    example = {"emb": torch.randn(2, 4), "scale": torch.rand(2) + 0.5}
+    repo = write_repository(den, sched, tmp_path / "repo", backend="onnxruntime", cond=example, max_batch=4)
+    with open(repo.config_path) as f:
+        config = parse_config(f.read())
+    assert [(i.name, list(i.dims)) for i in config.input] == [("z", [1, 4, 4]), ("seed", [1]), ("cond_emb", [4]),
+                                                              ("cond_scale", [1]), ("guidance", [1])]
+    assert repo.sampler["condition"]["inputs"] == [{"name": "cond_emb", "dtype": "float32", "shape": [4]},
+                                                   {"name": "cond_scale", "dtype": "float32", "shape": []}]
+    model = load_model(repo.model_dir)
+    z = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    cond = {"emb": torch.randn(3, 4, generator=torch.Generator().manual_seed(5)), "scale": torch.tensor([0.5, 1., 2.])}
+    a, b, missing, nan, wrong = model.execute([
+        Request(z=z[:2].numpy(), cond_emb=cond["emb"][:2].numpy(), cond_scale=cond["scale"][:2, None].numpy()),
+        Request(z=z[2:].numpy(), cond_emb=cond["emb"][2:].numpy(), cond_scale=cond["scale"][2:].numpy()),
+        Request(z=z[:1].numpy(), cond_emb=cond["emb"][:1].numpy()),
+        Request(z=z[:1].numpy(), cond_emb=np.full((1, 4), np.nan, np.float32), cond_scale=np.ones((1, 1), np.float32)),
+        Request(z=z[:1].numpy(), cond_emb=cond["emb"][:1, :3].numpy(), cond_scale=np.ones((1, 1), np.float32))])
+    with torch.no_grad():
+        ref = lf.sample(den, z, sched, cond=cond)
+    assert rel(torch.cat([x0(a), x0(b)]), ref) <= TOL["onnx_fp32"]
+    refused(missing, "send cond_scale")
+    refused(nan, "cond_emb holds NaN or inf")
+    refused(wrong, "cond_emb has shape [1, 3]", "[B, 4]")
+    with pytest.raises(lf.InvalidArgument, match="class labels"):
+        write_repository(lf.zoo.load("digits"), sched, tmp_path / "r2", cond=example)
+    with pytest.raises(lf.InvalidArgument, match="pass cond= an example condition"):
+        write_repository(den, sched, tmp_path / "r3")

@@ -31,6 +31,8 @@ class Parser(argparse.ArgumentParser):
     """argparse with errors raised as one-line CLIErrors (main prints them; exit status 2)."""
 
     def error(self, message):
+        # argparse quotes what the user typed: an argument holding a line break stays on the one line
+        message = message.replace("\r", "\\r").replace("\n", "\\n")
         raise CLIError(f"{message} (see `{self.prog} --help`)")
 
 

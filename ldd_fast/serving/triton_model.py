@@ -11,6 +11,8 @@ Requests (every input optional in config.pbtxt; the first dimension is the reque
                                   --seed s -n 1` makes it (torch.randn on a CPU generator seeded with s)
     cond      INT64 [B, 1]        class labels (conditional repositories only); without it a row gets the
                                   model's null label (unconditional), and a guided model requires it
+    cond_...  [B, ...]            instead, for a model conditioned on tensors (prompt embeddings): one input
+                                  per tensor (sampler.json's "condition"), each required, one row per sample
     guidance  FP32  [B, 1]        optional; must equal the repository's guidance, which is baked in
 Response: x0 FP32 [B, C, H, W]. A request that cannot be served as sent (z and seed together, neither, a
 wrong shape or dtype, NaN / inf noise, a label out of range, another guidance, a negative seed) gets an
@@ -28,6 +30,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 import ldd_fast as lf
+from ldd_fast.cond import rebuild
 
 SAMPLER_FILE = "sampler.json"
 FORMAT = ("ldd-fast triton sampler", 1)
@@ -51,6 +54,7 @@ class TritonPythonModel:
         self.conditional = bool(spec["conditional"])
         self.num_classes = spec["num_classes"]
         self.null_label = spec["null_label"]
+        self.condition = spec.get("condition")  # tensors (one input each) instead of class labels
         self.max_batch = int(spec["max_batch"])
         # Triton says where this instance runs (instance_group kind and device id).
         gpu = args.get("model_instance_kind") == "GPU"
@@ -131,9 +135,12 @@ class TritonPythonModel:
         z = torch.from_numpy(np.concatenate([p[1] for p in parsed])).to(self.device)
         labels = [p[2] for p in parsed]
         cond = None
-        # A row without cond gets the null label, unless no row has one and the sampler takes None (eager):
-        # then the call is exactly lf.sample(den, z, schedule). An exported conditional graph always takes cond.
-        if self.conditional and (any(c is not None for c in labels) or self.runner is not None):
+        if self.condition:  # each request's tensors, concatenated input by input, in the condition's structure
+            cond = rebuild(self.condition["structure"], [torch.from_numpy(np.concatenate(leaf)).to(self.device)
+                                                         for leaf in zip(*labels)])
+        elif self.conditional and (any(c is not None for c in labels) or self.runner is not None):
+            # A row without cond gets the null label, unless no row has one and the sampler takes None (eager):
+            # then the call is exactly lf.sample(den, z, schedule). An exported conditional graph always takes cond.
             cond = torch.from_numpy(np.concatenate([
                 c if c is not None else np.full(p[1].shape[0], self.null_label, dtype=np.int64)
                 for p, c in zip(parsed, labels)])).to(self.device)
@@ -152,7 +159,7 @@ class TritonPythonModel:
         return out
 
     def _parse(self, request):
-        """(z, labels) of one request, or a RequestError naming what is wrong with it."""
+        """(z, labels or the condition's tensors) of one request, or a RequestError naming what is wrong."""
         z, seed, cond, guidance = (_get(request, n) for n in ("z", "seed", "cond", "guidance"))
         shape = "[B, " + ", ".join(map(str, self.shape)) + "]"
         if z is not None and seed is not None:
@@ -177,7 +184,12 @@ class TritonPythonModel:
         if rows > self.max_batch:
             raise RequestError(f"{rows} samples in one request; this model takes at most {self.max_batch}")
         labels = None
-        if cond is not None:
+        if self.condition:
+            if cond is not None:
+                raise RequestError("this model's condition is tensors, not class labels: send " +
+                                   ", ".join(i["name"] for i in self.condition["inputs"]))
+            labels = [self._tensor(request, spec, rows) for spec in self.condition["inputs"]]
+        elif cond is not None:
             if not self.conditional:
                 raise RequestError("cond was sent, but this model takes no condition")
             labels = _rows(cond, "cond", rows, np.integer)
@@ -185,7 +197,7 @@ class TritonPythonModel:
                 bad = int(labels[(labels < 0) | (labels >= self.num_classes)][0])
                 raise RequestError(f"cond holds class label {bad}, outside this model's labels "
                                    f"0..{self.num_classes - 1}")
-        elif self.conditional and (self.guidance != 1.0 or self.null_label is None):
+        elif self.conditional and not self.condition and (self.guidance != 1.0 or self.null_label is None):
             why = f"it guides (guidance {self.guidance:g})" if self.guidance != 1.0 else "it has no null label"
             raise RequestError(f"this model needs cond (INT64 class labels [B, 1]): {why}")
         if guidance is not None:
@@ -195,6 +207,23 @@ class TritonPythonModel:
                 raise RequestError(f"guidance {other:g} was sent; this repository samples with guidance "
                                    f"{self.guidance:g}, baked in when it was written")
         return z, labels
+
+
+    def _tensor(self, request, spec, rows):
+        """One condition input of a request: present, of its dtype and per-row shape, finite, one row per sample."""
+        value = _get(request, spec["name"])
+        want = "[" + ", ".join(["B"] + [str(d) for d in spec["shape"] or [1]]) + "]"
+        if value is None:
+            raise RequestError(f"send {spec['name']} ({spec['dtype']} {want}): this model's condition")
+        if value.dtype != np.dtype(spec["dtype"]):
+            raise RequestError(f"{spec['name']} has dtype {value.dtype}; expected {spec['dtype']}")
+        if not spec["shape"] and value.ndim == 2 and value.shape[1] == 1:
+            value = value[:, 0]  # a per-row scalar arrives as [B, 1]
+        if value.ndim != len(spec["shape"]) + 1 or list(value.shape[1:]) != spec["shape"] or value.shape[0] != rows:
+            raise RequestError(f"{spec['name']} has shape {list(value.shape)}; expected {want} with B = {rows}")
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise RequestError(f"{spec['name']} holds NaN or inf")
+        return value
 
 
 def _get(request, name):

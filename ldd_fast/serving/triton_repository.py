@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from .._version import __version__
+from ..cond import batch_size, is_cond, leaves, map_cond, structure
+from ..cond import names as cond_names
 from ..denoiser import Denoiser
 from ..errors import (InvalidArgument, InvalidArgumentType, device_of, integer, optional_boolean, boolean,
                       path_like, shape_of, string)
@@ -79,7 +81,7 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
                      opset: int | None = None, schedule_as_input: bool = False, force: bool = False,
                      preferred_batch_sizes=None, max_queue_delay_us: int = 1000, threads: int | None = None,
                      fp16: bool = False, native: bool | str = False, tensorrt_options: dict | None = None,
-                     **options) -> TritonRepository:
+                     cond=None, **options) -> TritonRepository:
     """Write a Triton model repository whose Python-backend model runs `lf.sample(den, z, schedule)`.
 
     Args:
@@ -113,6 +115,10 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
             has that backend. Its inputs and output are the graph's (z, cond..., sample); no seed input, no
             request checks beyond Triton's own.
         tensorrt_options: build_tensorrt's other arguments (strongly_typed, timing_cache, workspace).
+        cond: for a model conditioned on tensors (prompt embeddings, a dict or tuple of them), an example
+            condition with a batch dimension: the repository then takes one input per tensor, named as the
+            exported graph's inputs (cond, or cond_0, cond_1, ..., or cond_<key>), each required in every
+            request, of the example's dtype and per-row shape. Without it the condition is class labels.
     """
     # Every argument before any file is touched.
     if not isinstance(den, Denoiser):
@@ -176,8 +182,9 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
                                   f"device='cuda' (got {device})")
     plan = plan_for(den, schedule, solver=solver, order=order, force=force, **options)
     guidance = den.guidance_scale
-    conditional = _conditional(den, conditional)
-    null_label = _null_label(den) if conditional else None
+    tensors = _tensor_condition(den, cond, conditional)
+    conditional = True if tensors else _conditional(den, conditional)
+    null_label = _null_label(den) if conditional and not tensors else None
     source = _model_source(den, model) if backend == "eager" else None
 
     model_dir = os.path.join(root, name)
@@ -197,6 +204,8 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
         example_z = torch.zeros(1, *shape, device=device)
         example_cond = torch.full((1,), null_label if null_label is not None else 0, dtype=torch.long,
                                   device=device) if conditional else None
+        if tensors:
+            example_cond = map_cond(lambda c: c[:1].to(device), cond)
         graph = to_onnx(den, schedule, os.path.join(version_dir, GRAPH_FILE), example_z, solver=plan.solver,
                         order=plan.order, cond=example_cond, dynamic_batch=True, dtype=dtype, opset=opset,
                         schedule_as_input=schedule_as_input, force=force, **options)
@@ -220,7 +229,8 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
         "engine": ENGINE_FILE if backend == "tensorrt" else None, "model": source,
         "schedule": SCHEDULE_FILE, "solver": plan.solver, "order": plan.order, "options": dict(options),
         "force": force, "nfe": plan.nfe, "guidance": guidance, "sample_shape": list(shape),
-        "conditional": conditional, "num_classes": den.num_classes if conditional else None,
+        "conditional": conditional, "num_classes": den.num_classes if conditional and not tensors else None,
+        "condition": tensors,
         "null_label": null_label, "max_batch": max_batch, "fingerprint": den.fingerprint(), "threads": threads,
     }
     sampler_path = os.path.join(version_dir, SAMPLER_FILE)
@@ -260,6 +270,31 @@ def _conditional(den: Denoiser, conditional: bool | None) -> bool:
     return conditional
 
 
+_TYPES = {torch.float32: "TYPE_FP32", torch.float16: "TYPE_FP16", torch.float64: "TYPE_FP64",
+          torch.bfloat16: "TYPE_BF16", torch.int64: "TYPE_INT64", torch.int32: "TYPE_INT32"}
+
+
+def _tensor_condition(den: Denoiser, cond, conditional) -> dict | None:
+    """The request inputs of a tensor condition ({"structure", "inputs": [{name, dtype, shape}]}), or None."""
+    if cond is None:
+        return None
+    if not is_cond(cond):
+        raise InvalidArgumentType(f"cond must be an example condition (a tensor or a tuple / dict of tensors with "
+                                  f"a batch dimension), got {type(cond).__name__}")
+    if den.num_classes is not None:
+        raise InvalidArgument("this model takes class labels (num_classes is set): leave cond out, requests send "
+                              "labels")
+    if conditional is False:
+        raise InvalidArgument("cond describes the condition inputs; conditional=False says there are none")
+    den.check_cond(cond, batch_size(cond) or 1, values=False)
+    inputs = []
+    for name, leaf in zip(cond_names(cond), leaves(cond)):
+        if leaf.dtype not in _TYPES:
+            raise InvalidArgument(f"cond: {name} has dtype {leaf.dtype}, which a Triton input here cannot carry")
+        inputs.append({"name": name, "dtype": str(leaf.dtype).replace("torch.", ""), "shape": list(leaf.shape[1:])})
+    return {"structure": structure(cond), "inputs": inputs}
+
+
 def _null_label(den: Denoiser) -> int | None:
     """The label a request without `cond` gets (the model's unconditional class), or None when it has none.
     The repository's `cond` input holds class labels; a model whose condition is something else (prompt
@@ -269,7 +304,8 @@ def _null_label(den: Denoiser) -> int | None:
         return None
     if not isinstance(null, torch.Tensor) or null.is_floating_point() or null.is_complex() or null.numel() != 1:
         raise InvalidArgument("the Triton repository takes class labels as its condition; this model's null "
-                              "condition is not one label (prompt embeddings are not served yet)")
+                              "condition is not one label: pass cond= an example condition (its tensors become "
+                              "the repository's inputs), or serve a pipeline with write_pipeline_repository")
     return int(null.reshape(()))
 
 
@@ -429,7 +465,10 @@ def config_text(name: str, sampler: dict, schedule: Schedule, *, max_batch: int,
     # Per-row dims exclude the batch dimension (max_batch_size > 0): a request's z is [B, C, H, W]; labels,
     # seeds and guidance are dims [1], so [B, 1] in a request (dims [] is not a batchable shape in Triton).
     inputs = [_input("z", "TYPE_FP32", shape), _input("seed", "TYPE_INT64", [1])]
-    if sampler["conditional"]:
+    if sampler["condition"]:  # one input per tensor; a per-row scalar is dims [1] (Triton's batchable shape)
+        inputs += [_input(i["name"], _TYPES[getattr(torch, i["dtype"])], i["shape"] or [1])
+                   for i in sampler["condition"]["inputs"]]
+    elif sampler["conditional"]:
         inputs.append(_input("cond", "TYPE_INT64", [1]))
     inputs.append(_input("guidance", "TYPE_FP32", [1]))
     params = {
