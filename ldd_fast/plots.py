@@ -307,3 +307,32 @@ def _origin(sched) -> str:
 def _machine(env: dict) -> str:
     return (f"{env.get('device', '?')} ({env.get('gpu') or env.get('cpu', '?')}), "
             f"{env.get('torch_threads', '?')} thread(s)")
+
+
+def plot_serving(rows, path: str | None = None, *, env: dict | None = None):
+    """Served throughput and p50 / p99 latency vs client concurrency, one line per backend x protocol; dotted:
+    the in-process call (benchmarks/serve.py's rows)."""
+    fig = _figure((9, 3.8))
+    ax_t, ax_l = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for backend, protocol in sorted({(r["backend"], r["protocol"]) for r in rows}):
+        mine = sorted((r for r in rows if (r["backend"], r["protocol"]) == (backend, protocol)),
+                      key=lambda r: r["concurrency"])
+        c = [r["concurrency"] for r in mine]
+        line, = ax_t.plot(c, [r["requests_per_s"] for r in mine], "o-", label=f"{backend} / {protocol}")
+        ax_l.plot(c, [r["p50_ms"] for r in mine], "o-", color=line.get_color(), label=f"{backend} / {protocol} p50")
+        ax_l.plot(c, [r["p99_ms"] for r in mine], "^--", color=line.get_color(), lw=1, label="p99")
+    for backend in sorted({r["backend"] for r in rows}):
+        ms = next(r["in_process_ms"] for r in rows if r["backend"] == backend)
+        ax_l.axhline(ms, ls=":", lw=1, color="k")
+        ax_l.annotate(f"in-process {backend}", (1, ms), fontsize=7, va="bottom")
+    for ax in (ax_t, ax_l):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients (batch-1 requests)")
+    ax_t.set_ylabel("requests / s")
+    ax_l.set_ylabel("ms per request")
+    ax_l.set_yscale("log")
+    ax_t.legend(fontsize=7)
+    ax_l.legend(fontsize=6, ncol=2)
+    fig.suptitle("Triton serving vs in-process" + (f": {_machine(env)}" if env else ""), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
