@@ -156,7 +156,10 @@ def make_model_environment(folder, *, show=print) -> str:
 # ----- the server ------------------------------------------------------------------------------------
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """Nothing listens on host:port. SO_REUSEADDR as servers bind: a port a stopped server left in TIME_WAIT
+    is free for the next one."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
