@@ -3,7 +3,8 @@
 ldd_fast.serving.write_repository copies this file verbatim to <repository>/<name>/<version>/model.py;
 ldd-fast never imports it (it needs Triton's `triton_python_backend_utils`). It loads everything from its
 version folder (sampler.json says what: the exported graph, or a built-in model name / a copied diffusers
-folder, and schedule.json) and uses only ldd-fast's public API (`ldd_fast`, `ldd_fast.export`).
+folder, and schedule.json) and uses ldd-fast's API (`ldd_fast`, `ldd_fast.export`, and
+`ldd_fast.serving.instance`: what both Python-backend models do alike).
 
 Requests (every input optional in config.pbtxt; the first dimension is the request's batch B):
     z         FP32  [B, C, H, W]  unit-normal noise; the response is lf.sample(den, z, schedule)
@@ -31,8 +32,8 @@ import triton_python_backend_utils as pb_utils
 
 import ldd_fast as lf
 from ldd_fast.cond import rebuild
+from ldd_fast.serving.instance import SAMPLER_FILE, instance_device, read_spec
 
-SAMPLER_FILE = "sampler.json"
 FORMAT = ("ldd-fast triton sampler", 1)
 DIFFUSERS_NETWORKS = ("UNet2DModel", "UNet2DConditionModel")
 
@@ -43,12 +44,7 @@ class RequestError(Exception):
 
 class TritonPythonModel:
     def initialize(self, args):
-        folder = os.path.join(args["model_repository"], str(args["model_version"]))
-        with open(os.path.join(folder, SAMPLER_FILE), encoding="utf-8") as f:
-            spec = json.load(f)
-        if (spec.get("format"), spec.get("format_version")) != FORMAT:
-            raise lf.StateFileError(f"{folder}/{SAMPLER_FILE} is not a {FORMAT[0]} file of version {FORMAT[1]} "
-                                    f"(rewrite the repository with this ldd-fast)")
+        folder, spec = read_spec(args, FORMAT)
         self.shape = tuple(spec["sample_shape"])
         self.guidance = float(spec["guidance"])
         self.conditional = bool(spec["conditional"])
@@ -56,12 +52,8 @@ class TritonPythonModel:
         self.null_label = spec["null_label"]
         self.condition = spec.get("condition")  # tensors (one input each) instead of class labels
         self.max_batch = int(spec["max_batch"])
-        # Triton says where this instance runs (instance_group kind and device id).
-        gpu = args.get("model_instance_kind") == "GPU"
-        self.device = torch.device(f"cuda:{int(args.get('model_instance_device_id', 0))}" if gpu else "cpu")
         threads = spec.get("threads")
-        if threads and not gpu:
-            torch.set_num_threads(int(threads))
+        self.device = instance_device(args, threads)
         if spec["backend"] == "onnxruntime":
             from ldd_fast.export import OnnxSampler
 

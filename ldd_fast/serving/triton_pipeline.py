@@ -32,7 +32,7 @@ from ..io import atomic_write_bytes, atomic_write_text, check_output_path, read_
 from ..sample import plan_for, sampler_options
 from ..schedule import Schedule
 from .triton_repository import (GRAPH_FILE, MODEL_FILE, SAMPLER_FILE, SCHEDULE_FILE, VERSION, TritonRepository,
-                                _dims, _preferred, _text, check_model_name)
+                                _dims, _preferred, _text, check_model_name, serving_lines)
 
 PIPELINE_BACKENDS = ("eager", "onnxruntime")
 PIPELINE_DIR = "pipeline"
@@ -162,10 +162,6 @@ def _config(name: str, spec: dict, schedule: Schedule, *, max_batch: int, instan
         "input [\n  {\n    name: \"prompt\"\n    data_type: TYPE_STRING\n    dims: [ 1 ]\n  },\n"
         "  {\n    name: \"seed\"\n    data_type: TYPE_INT64\n    dims: [ 1 ]\n    optional: true\n  }\n]",
         f"output [\n  {{\n    name: \"image\"\n    data_type: TYPE_UINT8\n    dims: {_dims(spec['image'])}\n  }}\n]",
-        f"dynamic_batching {{\n  preferred_batch_size: {_dims(preferred)}\n"
-        f"  max_queue_delay_microseconds: {delay_us}\n}}",
-        f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]",
     ]
-    lines += [f"parameters: {{\n  key: {_text(k)}\n  value: {{ string_value: {_text(v)} }}\n}}"
-              for k, v in params.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + serving_lines(instances=instances, kind=kind, preferred=preferred, delay_us=delay_us,
+                                            params=params)) + "\n"

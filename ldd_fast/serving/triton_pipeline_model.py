@@ -14,7 +14,6 @@ A request that cannot be served as sent (no prompt, not UTF-8, an empty or over-
 seeds that do not match the prompts) gets INVALID_ARG (HTTP 400) naming the problem; the others in the same call
 still run. The well-formed requests of one call are one encode / sample / decode batch.
 """
-import json
 import os
 import secrets
 
@@ -24,9 +23,9 @@ import triton_python_backend_utils as pb_utils
 
 import ldd_fast as lf
 from ldd_fast.pipelines import PIPELINES
+from ldd_fast.serving.instance import SAMPLER_FILE, instance_device, read_spec
 from ldd_fast.teacher import noise_for
 
-SAMPLER_FILE = "sampler.json"
 FORMAT = ("ldd-fast triton pipeline", 1)
 
 
@@ -38,15 +37,8 @@ class TritonPythonModel:
     def initialize(self, args):
         import diffusers
 
-        folder = os.path.join(args["model_repository"], str(args["model_version"]))
-        with open(os.path.join(folder, SAMPLER_FILE), encoding="utf-8") as f:
-            spec = json.load(f)
-        if (spec.get("format"), spec.get("format_version")) != FORMAT:
-            raise lf.StateFileError(f"{folder}/{SAMPLER_FILE} is not a {FORMAT[0]} file of version {FORMAT[1]}")
-        gpu = args.get("model_instance_kind") == "GPU"
-        self.device = torch.device(f"cuda:{int(args.get('model_instance_device_id', 0))}" if gpu else "cpu")
-        if spec.get("threads") and not gpu:
-            torch.set_num_threads(int(spec["threads"]))
+        folder, spec = read_spec(args, FORMAT)
+        self.device = instance_device(args, spec.get("threads"))
         if spec["class"] not in PIPELINES:  # never getattr an arbitrary name of the package
             raise lf.StateFileError(f"{SAMPLER_FILE}: unknown pipeline class {spec['class']!r}")
         pipe = getattr(diffusers, spec["class"]).from_pretrained(os.path.join(folder, spec["pipeline"]),

@@ -424,10 +424,7 @@ def write_native(root: str, name: str, backend: str, graph, engine_path: str, *,
         f"max_batch_size: {max_batch}",
         "input [\n" + ",\n".join(tensor(v) for v in inputs) + "\n]",
         "output [\n" + ",\n".join(tensor(v) for v in outputs) + "\n]",
-        f"dynamic_batching {{\n  preferred_batch_size: {_dims(preferred)}\n"
-        f"  max_queue_delay_microseconds: {delay_us}\n}}",
-        f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]",
-    ]
+    ] + serving_lines(instances=instances, kind=kind, preferred=preferred, delay_us=delay_us)
     atomic_write_text(config_path, "\n".join(lines) + "\n")
     return files + [config_path]
 
@@ -486,10 +483,15 @@ def config_text(name: str, sampler: dict, schedule: Schedule, *, max_batch: int,
         f"max_batch_size: {max_batch}",
         "input [\n" + ",\n".join(inputs) + "\n]",
         f"output [\n  {{\n    name: \"x0\"\n    data_type: TYPE_FP32\n    dims: {_dims(shape)}\n  }}\n]",
-        f"dynamic_batching {{\n  preferred_batch_size: {_dims(preferred)}\n"
-        f"  max_queue_delay_microseconds: {delay_us}\n}}",
-        f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]",
     ]
-    lines += [f"parameters: {{\n  key: {_text(k)}\n  value: {{ string_value: {_text(v)} }}\n}}"
-              for k, v in params.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + serving_lines(instances=instances, kind=kind, preferred=preferred, delay_us=delay_us,
+                                            params=params)) + "\n"
+
+
+def serving_lines(*, instances: int, kind: str, preferred, delay_us: int, params: dict | None = None) -> list[str]:
+    """The config.pbtxt lines every model here shares: dynamic batching, instances, string parameters."""
+    lines = [f"dynamic_batching {{\n  preferred_batch_size: {_dims(preferred)}\n"
+             f"  max_queue_delay_microseconds: {delay_us}\n}}",
+             f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]"]
+    return lines + [f"parameters: {{\n  key: {_text(k)}\n  value: {{ string_value: {_text(v)} }}\n}}"
+                    for k, v in (params or {}).items()]
