@@ -32,3 +32,22 @@ def instance_device(args: dict, threads: int | None) -> torch.device:
     if threads:
         torch.set_num_threads(int(threads))
     return torch.device("cpu")
+
+
+class RequestError(Exception):
+    """A request that cannot be served as sent: answered with INVALID_ARG (HTTP 400); the others still run."""
+
+
+def parse_requests(requests, parse, error) -> tuple[list, list]:
+    """(responses, parsed): parse(request) of each request as (index, *parsed), and in `responses` (None where
+    parsed) the error(message, code) of each one that failed: INVALID_ARG for a RequestError, INTERNAL for a
+    bug in parsing, which fails that request, never the model."""
+    responses, parsed = [None] * len(requests), []
+    for i, request in enumerate(requests):
+        try:
+            parsed.append((i, *parse(request)))
+        except RequestError as e:
+            responses[i] = error(str(e), "INVALID_ARG")
+        except Exception as e:  # noqa: BLE001 - answered, not raised
+            responses[i] = error(f"internal error reading the request: {type(e).__name__}: {e}", "INTERNAL")
+    return responses, parsed

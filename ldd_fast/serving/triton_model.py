@@ -32,14 +32,11 @@ import triton_python_backend_utils as pb_utils
 
 import ldd_fast as lf
 from ldd_fast.cond import rebuild
-from ldd_fast.serving.instance import SAMPLER_FILE, instance_device, read_spec
+from ldd_fast.serving.instance import SAMPLER_FILE, RequestError, instance_device, parse_requests, read_spec
 
 FORMAT = ("ldd-fast triton sampler", 1)
 DIFFUSERS_NETWORKS = ("UNet2DModel", "UNet2DConditionModel")
 
-
-class RequestError(Exception):
-    """A request that cannot be served as sent: answered with INVALID_ARG; the others still run."""
 
 
 class TritonPythonModel:
@@ -100,15 +97,7 @@ class TritonPythonModel:
     # ----- requests -----------------------------------------------------------------------------
 
     def execute(self, requests):
-        responses = [None] * len(requests)
-        parsed = []  # (index, z [B, ...] float32, labels [B] int64 or None)
-        for i, request in enumerate(requests):
-            try:
-                parsed.append((i, *self._parse(request)))
-            except RequestError as e:
-                responses[i] = _error(str(e), "INVALID_ARG")
-            except Exception as e:  # noqa: BLE001 - a bug here fails this request, never the model
-                responses[i] = _error(f"internal error reading the request: {type(e).__name__}: {e}", "INTERNAL")
+        responses, parsed = parse_requests(requests, self._parse, _error)  # parsed: (index, *what _parse gave)
         if parsed:
             for (i, _, _), response in zip(parsed, self._answer(parsed)):
                 responses[i] = response

@@ -23,14 +23,11 @@ import triton_python_backend_utils as pb_utils
 
 import ldd_fast as lf
 from ldd_fast.pipelines import PIPELINES
-from ldd_fast.serving.instance import SAMPLER_FILE, instance_device, read_spec
+from ldd_fast.serving.instance import SAMPLER_FILE, RequestError, instance_device, parse_requests, read_spec
 from ldd_fast.teacher import noise_for
 
 FORMAT = ("ldd-fast triton pipeline", 1)
 
-
-class RequestError(Exception):
-    """A request that cannot be served as sent: answered with INVALID_ARG."""
 
 
 class TritonPythonModel:
@@ -62,15 +59,7 @@ class TritonPythonModel:
         self.den = self.runner = None
 
     def execute(self, requests):
-        responses = [None] * len(requests)
-        parsed = []
-        for i, request in enumerate(requests):
-            try:
-                parsed.append((i, *self._parse(request)))
-            except RequestError as e:
-                responses[i] = _error(str(e), "INVALID_ARG")
-            except Exception as e:  # noqa: BLE001 - a bug here fails this request, never the model
-                responses[i] = _error(f"internal error reading the request: {type(e).__name__}: {e}", "INTERNAL")
+        responses, parsed = parse_requests(requests, self._parse, _error)  # parsed: (index, *what _parse gave)
         if parsed:
             try:
                 images = self._images([p for _, prompts, _ in parsed for p in prompts],
