@@ -547,3 +547,20 @@ def test_a_tensor_condition_is_one_input_per_tensor(tmp_path):
         write_repository(lf.zoo.load("digits"), sched, tmp_path / "r2", cond=example)
     with pytest.raises(lf.InvalidArgument, match="pass cond= an example condition"):
         write_repository(den, sched, tmp_path / "r3")
+
+
+def test_an_eager_repository_carries_the_built_in_weights(eager_repo, monkeypatch):
+    """The weights travel in the repository (1/model/), not with the serving machine's ldd-fast package."""
+    copied = sorted(os.listdir(os.path.join(eager_repo.version_dir, "model")))
+    assert copied == ["digits_edm.json", "digits_edm.safetensors"] and eager_repo.sampler["model"] == {
+        "builtin": "digits", "weights": "model"}
+    monkeypatch.setattr(lf.zoo, "weights_dir", lambda: "/nonexistent")  # the package's copy is out of reach
+    model = load_model(eager_repo.model_dir)
+    z = noise(2, seed=3)
+    [response] = model.execute([Request(z=z.numpy())])
+    with torch.no_grad():
+        assert torch.equal(x0(response), lf.sample(lf.zoo.load("digits", folder=os.path.join(
+            eager_repo.version_dir, "model")), z, lf.Schedule.load(os.path.join(eager_repo.version_dir,
+                                                                                 "schedule.json"))))
+    with pytest.raises(lf.InvalidArgumentType, match="folder must be a path"):
+        lf.zoo.load("digits", folder=3)

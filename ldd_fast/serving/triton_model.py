@@ -70,8 +70,9 @@ class TritonPythonModel:
 
     def _load_model(self, folder, spec):
         source = spec["model"]
-        if "builtin" in source:
-            den = lf.zoo.load(source["builtin"], guidance_scale=spec["guidance"])
+        if "builtin" in source:  # the weights copied into the version folder (older repositories: the package's)
+            weights = os.path.join(folder, source["weights"]) if source.get("weights") else None
+            den = lf.zoo.load(source["builtin"], guidance_scale=spec["guidance"], folder=weights)
         else:
             import diffusers
 

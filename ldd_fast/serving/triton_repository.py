@@ -6,7 +6,8 @@
     <repo_dir>/<name>/1/sampler.json      what model.py runs (backend, files, solver, guidance, labels)
     <repo_dir>/<name>/1/schedule.json     the schedule (lf.Schedule.save)
     <repo_dir>/<name>/1/sampler.onnx      backend "onnxruntime": the exported graph (+ sampler.onnx.data)
-    <repo_dir>/<name>/1/model/            backend "eager" with a diffusers folder: its UNet and scheduler config
+    <repo_dir>/<name>/1/model/            backend "eager": a built-in model's weights, or a diffusers folder's UNet
+                                          and scheduler config
     <repo_dir>/<name>/1/sampler.plan      backend "tensorrt": the engine built from sampler.onnx (+ .plan.json)
     <repo_dir>/<native>/                  native=: the same graph (engine) for Triton's own onnxruntime_onnx
                                           (tensorrt_plan) backend, for servers that have it: model.onnx / model.plan
@@ -35,6 +36,7 @@ from ..errors import (InvalidArgument, InvalidArgumentType, device_of, integer, 
                       path_like, shape_of, string)
 from ..io import atomic_write, atomic_write_bytes, atomic_write_text, check_output_path, read_json
 from ..sample import plan_for, sampler_options
+from ..zoo import weight_files
 from ..schedule import Schedule
 
 BACKENDS = ("onnxruntime", "eager", "tensorrt")
@@ -219,6 +221,9 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
             files += [engine, engine + ".json"]
     elif "diffusers" in source:
         files += _copy_diffusers(model, os.path.join(version_dir, DIFFUSERS_DIR))
+    elif "builtin" in source:  # the weights travel with the repository, not with the serving machine's ldd-fast
+        files += _copy_files(weight_files(source["builtin"]), os.path.join(version_dir, DIFFUSERS_DIR))
+        source["weights"] = DIFFUSERS_DIR
     schedule_path = os.path.join(version_dir, SCHEDULE_FILE)
     schedule.save(schedule_path)
     files.append(schedule_path)
@@ -335,6 +340,16 @@ def _model_source(den: Denoiser, model: str | None) -> dict:
     raise InvalidArgument(f"model {model!r}: backend 'eager' reloads the model inside Triton from the repository, "
                           f"which holds a built-in name or a copied diffusers folder, never Python code "
                           f"(module:factory): use backend 'onnxruntime'")
+
+
+def _copy_files(paths, dst: str) -> list[str]:
+    os.makedirs(dst, exist_ok=True)
+    out = []
+    for src in paths:
+        target = os.path.join(dst, os.path.basename(src))
+        atomic_write(target, lambda tmp, src=src: shutil.copyfile(src, tmp))
+        out.append(target)
+    return out
 
 
 def _sub(folder: str, part: str) -> str:

@@ -25,10 +25,10 @@ import os
 
 import torch
 
-from ..errors import InvalidArgument, InvalidArgumentType, MissingDependency, device_of
+from ..errors import InvalidArgument, InvalidArgumentType, MissingDependency, device_of, path_like
 from .unet import TinyUNet
 
-__all__ = ["TinyUNet", "load", "load_network", "available", "weights_dir"]
+__all__ = ["TinyUNet", "load", "load_network", "available", "weights_dir", "weight_files"]
 
 _NAMES = {"digits": "digits_edm", "digits_vp": "digits_vp", "digits_flow": "digits_flow"}
 _VARIANTS = {"digits": "edm", "digits_vp": "vp", "digits_flow": "flow"}
@@ -44,20 +44,26 @@ def available() -> list[str]:
     return [n for n, stem in _NAMES.items() if os.path.isfile(os.path.join(weights_dir(), stem + ".safetensors"))]
 
 
-def load_network(name: str, device="cpu") -> tuple[TinyUNet, dict]:
+def weight_files(name: str, folder=None) -> tuple[str, str]:
+    """(weights .safetensors, config .json) of a built-in network, in `folder` (default: weights_dir())."""
+    if not isinstance(name, str) or name not in _NAMES:
+        error = InvalidArgument if isinstance(name, str) else InvalidArgumentType
+        raise error(f"unknown zoo model {name!r:.40}; available names: {sorted(_NAMES)}")
+    folder = weights_dir() if folder is None else path_like(folder, "folder")
+    stem = _NAMES[name]
+    return os.path.join(folder, stem + ".safetensors"), os.path.join(folder, stem + ".json")
+
+
+def load_network(name: str, device="cpu", *, folder=None) -> tuple[TinyUNet, dict]:
     """Load a built-in network with its EMA weights: returns ``(net in eval mode, config dict)``.
 
     ``name`` is ``"digits"`` (EDM), ``"digits_vp"`` (DDPM eps) or ``"digits_flow"`` (rectified flow). The config dict is the JSON
     written by ``python -m ldd_fast.zoo.train``; ``config["network"]`` rebuilds the net with
-    ``TinyUNet(**config["network"])``.
+    ``TinyUNet(**config["network"])``. ``folder``: read the two files from there instead of the package (a copy,
+    as a Triton repository keeps it).
     """
-    if not isinstance(name, str) or name not in _NAMES:
-        error = InvalidArgument if isinstance(name, str) else InvalidArgumentType
-        raise error(f"unknown zoo model {name!r:.40}; available names: {sorted(_NAMES)}")
+    wpath, jpath = weight_files(name, folder)
     device = device_of(device) or torch.device("cpu")
-    stem = _NAMES[name]
-    wpath = os.path.join(weights_dir(), stem + ".safetensors")
-    jpath = os.path.join(weights_dir(), stem + ".json")
     if not (os.path.isfile(wpath) and os.path.isfile(jpath)):
         variant = _VARIANTS[name]
         raise FileNotFoundError(f"weights for zoo model {name!r} are missing ({wpath}); train them with "

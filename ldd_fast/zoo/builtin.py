@@ -12,7 +12,7 @@ NULL_CLASS = 10
 SAMPLE_SHAPE = (1, 8, 8)
 
 
-def load(name: str = "digits", *, guidance_scale: float = 1.0, device="cpu") -> Denoiser:
+def load(name: str = "digits", *, guidance_scale: float = 1.0, device="cpu", folder=None) -> Denoiser:
     """A built-in model: "digits" (EDM preconditioning, sigma in [0.002, 80]), "digits_vp"
     (DDPM 1000-step linear betas, eps prediction) or "digits_flow" (rectified flow, velocity
     prediction, network time 1000 t, as Stable Diffusion 3).
@@ -20,10 +20,11 @@ def load(name: str = "digits", *, guidance_scale: float = 1.0, device="cpu") -> 
     The Denoiser carries `sample_shape` (1, 8, 8), `name` and `info` (the training record and
     reference denoising losses). Conditions are class labels 0..9 (a LongTensor per sample);
     the null class 10 is the unconditional model, used for guidance; any other label is a
-    ConditionError in every executor (num_classes = 11).
+    ConditionError in every executor (num_classes = 11). folder: read the weights from a copy there
+    (lf.zoo.weight_files names the two files) instead of the package's.
     """
     guidance_scale = finite_number(guidance_scale, "guidance_scale")
-    net, info = load_network(name, device=device)
+    net, info = load_network(name, device=device, folder=folder)
     noise_info = info["noise"]
     common = dict(guidance_scale=guidance_scale, null_cond=torch.tensor(NULL_CLASS), num_classes=net.num_classes,
                   sample_shape=SAMPLE_SHAPE)
