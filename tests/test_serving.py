@@ -564,3 +564,26 @@ def test_an_eager_repository_carries_the_built_in_weights(eager_repo, monkeypatc
                                                                                  "schedule.json"))))
     with pytest.raises(lf.InvalidArgumentType, match="folder must be a path"):
         lf.zoo.load("digits", folder=3)
+
+
+def test_a_pipeline_repository_on_onnxruntime_runs_the_exported_sampler(sd_folder, tmp_path):
+    """backend onnxruntime: the sampler graph of `export --pipeline` (with its manifest) between the pipeline's own
+    text encoders and VAE; the image within a pixel level of the eager sampler's."""
+    from ldd_fast.serving import write_pipeline_repository
+    from ldd_fast.teacher import noise_for
+
+    den = lf.from_pipeline(__import__("diffusers").StableDiffusionPipeline.from_pretrained(
+        sd_folder, local_files_only=True, use_safetensors=True), height=16, width=16)
+    sched = lf.discretize(den.noise, 2, "logsnr").replace(solver="dpmpp", order=2)
+    repo = write_pipeline_repository(den, sched, tmp_path / "repo", pipeline_folder=sd_folder, name="sd",
+                                     backend="onnxruntime", max_batch=2)
+    assert os.path.isfile(os.path.join(repo.version_dir, "sampler.manifest.json"))
+    model = load_model(repo.model_dir)
+    [response] = model.execute([Request(prompt=np.array([[b"a blue painting"]], dtype=object),
+                                        seed=np.array([[8]]))])
+    image = get_output_tensor_by_name(response, "image").as_numpy()
+    with torch.no_grad():
+        x = den.decode(lf.sample(den, noise_for(1, den.sample_shape, 8), sched,
+                                 cond=den.encode_prompt(["a blue painting"])))
+    own = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert np.abs(image.astype(int) - own).max() <= 1
