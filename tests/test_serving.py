@@ -567,18 +567,23 @@ def test_an_eager_repository_carries_the_built_in_weights(eager_repo, monkeypatc
 
 
 def test_a_pipeline_repository_on_onnxruntime_runs_the_exported_sampler(sd_folder, tmp_path):
-    """backend onnxruntime: the sampler graph of `export --pipeline` (with its manifest) between the pipeline's own
-    text encoders and VAE; the image within a pixel level of the eager sampler's."""
-    from ldd_fast.serving import write_pipeline_repository
+    """`export --pipeline P --onnx g.onnx --triton-repo R --backend onnxruntime`: the sampler graph (exported once,
+    with its manifest) between the pipeline's own text encoders and VAE; the image within a pixel level of the
+    eager sampler's."""
     from ldd_fast.teacher import noise_for
 
     den = lf.from_pipeline(__import__("diffusers").StableDiffusionPipeline.from_pretrained(
         sd_folder, local_files_only=True, use_safetensors=True), height=16, width=16)
     sched = lf.discretize(den.noise, 2, "logsnr").replace(solver="dpmpp", order=2)
-    repo = write_pipeline_repository(den, sched, tmp_path / "repo", pipeline_folder=sd_folder, name="sd",
-                                     backend="onnxruntime", max_batch=2)
-    assert os.path.isfile(os.path.join(repo.version_dir, "sampler.manifest.json"))
-    model = load_model(repo.model_dir)
+    sched.save(tmp_path / "s.json")
+    assert main(["export", "--pipeline", sd_folder, "--height", "16", "--width", "16", "--schedule",
+                 tmp_path / "s.json", "--onnx", tmp_path / "g.onnx", "--triton-repo", tmp_path / "repo",
+                 "--backend", "onnxruntime", "--name", "sd", "--max-batch", "2"]) == 0
+    version_dir = tmp_path / "repo" / "sd" / "1"
+    assert os.path.isfile(tmp_path / "g.manifest.json") and os.path.isfile(version_dir / "sampler.manifest.json")
+    data = [n for n in os.listdir(tmp_path) if n.endswith(".data")]
+    assert data and os.path.isfile(version_dir / data[0])  # the --onnx graph's own data file: exported once
+    model = load_model(str(tmp_path / "repo" / "sd"))
     [response] = model.execute([Request(prompt=np.array([[b"a blue painting"]], dtype=object),
                                         seed=np.array([[8]]))])
     image = get_output_tensor_by_name(response, "image").as_numpy()
@@ -587,3 +592,28 @@ def test_a_pipeline_repository_on_onnxruntime_runs_the_exported_sampler(sd_folde
                                  cond=den.encode_prompt(["a blue painting"])))
     own = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert np.abs(image.astype(int) - own).max() <= 1
+
+
+def test_a_graph_exported_already_is_copied_not_exported_again(cli_repo, den, sched, tmp_path):
+    """`export --onnx g.onnx --triton-repo R` exports once: the repository takes the graph as it is, after checking
+    it is this sampler's (model, schedule, solver, dynamic batch, condition)."""
+    from ldd_fast.export import OnnxExport
+    from ldd_fast.export.onnx_export import artifact_files, read_metadata
+
+    path = os.path.join(cli_repo, NAME, "1", "sampler.onnx")
+    files = artifact_files(path)
+    meta = read_metadata(path)
+    graph = OnnxExport(path, files[1], meta["nfe"], ["z", "cond"], True, False, meta["dtype"], 0, 0, 0, {}, meta)
+    repo = write_repository(den, sched, tmp_path / "repo", graph=graph, max_batch=4)
+    assert sorted(os.listdir(repo.version_dir)) == sorted(["model.py", "sampler.json", "schedule.json",
+                                                           "sampler.onnx", os.path.basename(files[1])])
+    model = load_model(repo.model_dir)
+    z = noise(2, seed=6)
+    [response] = model.execute([Request(z=z.numpy(), cond=labels(1, 2))])
+    with torch.no_grad():
+        assert rel(x0(response), lf.sample(den, z, sched, cond=torch.tensor([1, 2]))) <= TOL["onnx_fp32"]
+    other = lf.discretize(den.noise, 4, "edm").replace(solver="unipc", order=3)
+    with pytest.raises(lf.InvalidArgument, match="differs in the schedule"):
+        write_repository(den, other, tmp_path / "r2", graph=graph)
+    with pytest.raises(lf.InvalidArgument, match="graph configure"):
+        write_repository(den, sched, tmp_path / "r3", graph=graph, backend="eager", model="digits")

@@ -193,7 +193,7 @@ def run(args) -> int:
                            "max_sequence_length": args.max_sequence_length},
             max_batch=args.max_batch or 4, instances=args.instances, solver=args.solver, order=args.order,
             force=args.force, max_queue_delay_us=args.queue_delay_us, threads=args.instance_threads, device=device,
-            fp16=args.fp16, opset=args.opset, **options)
+            fp16=args.fp16, opset=args.opset, graph=info if args.backend == "onnxruntime" else None, **options)
         served = repo.sampler
         print(f"wrote the Triton model repository {repo.root}: model {args.name} ({served['class']}, "
               f"{served['backend']}, {served['solver']}{served['order']}, nfe {served['nfe']}, max batch "
@@ -202,8 +202,11 @@ def run(args) -> int:
     elif args.triton_repo:
         from ..serving import write_repository
 
+        # the --onnx graph, when one was written, goes into the repository as it is (exported once)
         graph = {} if args.backend == "eager" else dict(dtype=dtype, opset=args.opset,
                                                           schedule_as_input=args.schedule_as_input)
+        if info is not None and args.backend != "eager" and info.metadata.get("dynamic_batch"):
+            graph = {"graph": info}
         trt = {k: v for k, v in (("strongly_typed", args.strongly_typed), ("timing_cache", args.timing_cache),
                                  ("workspace", None if args.workspace is None else args.workspace << 20)) if v}
         repo = write_repository(den, sched, args.triton_repo, model=args.model, name=args.name,

@@ -360,10 +360,12 @@ class TritonServer:
             self._log_file.close()
             self._log_file = None
         if self._work is not None:
-            keep_log = self.log_path and self.log_path.startswith(self._work)
+            # The temporary folder goes; a log kept in it stays after an unclean exit, for the one who reads it.
+            log_inside = self.log_path is not None and self.log_path.startswith(self._work)
             shutil.rmtree(os.path.join(self._work, "backends"), ignore_errors=True)
-            if not keep_log:
+            if not log_inside or status == 0:
                 shutil.rmtree(self._work, ignore_errors=True)
+            self._work = None
         return status
 
     def __enter__(self):
@@ -407,8 +409,10 @@ class TritonServer:
     def failure(self) -> str:
         """The first lines of the log that say what went wrong (or its last line)."""
         lines = [ln.strip() for ln in self.log().splitlines() if ln.strip()]
-        errors = [ln for ln in lines if ln.startswith("E") and "CudaDriverHelper" not in ln
-                  or "error" in ln.lower() and "nvml" not in ln.lower() and "dcgm" not in ln.lower()]
+        # Triton's error lines start with E; on a CPU machine it also logs harmless CUDA / NVML / DCGM complaints
+        harmless = ("cudadriverhelper", "nvml", "dcgm", "cuda driver")
+        errors = [ln for ln in lines if (ln.startswith("E") or "error" in ln.lower())
+                  and not any(h in ln.lower() for h in harmless)]
         return " | ".join(errors[:3]) if errors else (lines[-1] if lines else "no log")
 
     def stub_pids(self, model: str | None = None) -> list[int]:

@@ -32,7 +32,7 @@ from ..io import atomic_write_bytes, atomic_write_text, check_output_path, read_
 from ..sample import plan_for, sampler_options
 from ..schedule import Schedule
 from .triton_repository import (GRAPH_FILE, MODEL_FILE, SAMPLER_FILE, SCHEDULE_FILE, VERSION, TritonRepository,
-                                _dims, _preferred, _text, check_model_name, serving_lines)
+                                _dims, _preferred, _text, check_model_name, copy_graph, serving_lines)
 
 PIPELINE_BACKENDS = ("eager", "onnxruntime")
 PIPELINE_DIR = "pipeline"
@@ -48,7 +48,7 @@ def write_pipeline_repository(den: Denoiser, schedule: Schedule, repo_dir, *, pi
                               backend: str = "eager", max_batch: int = 4, instances: int = 1,
                               solver: str | None = None, order: int | None = None, force: bool = False,
                               preferred_batch_sizes=None, max_queue_delay_us: int = 1000, threads: int | None = None,
-                              device=None, fp16: bool = False, opset: int | None = None,
+                              device=None, fp16: bool = False, opset: int | None = None, graph=None,
                               **options) -> TritonRepository:
     """Write a repository whose model turns prompts and seeds into images with `den`'s pipeline and `schedule`.
 
@@ -56,7 +56,9 @@ def write_pipeline_repository(den: Denoiser, schedule: Schedule, repo_dir, *, pi
         checked when the server loads the copy). pipeline_args: the lf.from_pipeline arguments den was made with
         (height, width, guidance_scale, negative_prompt, true_cfg_scale, max_sequence_length); model.py makes
         the same Denoiser from the copied folder. backend: "eager" (lf.sample) or "onnxruntime" (the sampler
-        graph; text encoders and VAE stay in torch). fp16 / opset: the graph's. The rest as write_repository.
+        graph; text encoders and VAE stay in torch). fp16 / opset: the graph's; graph: the graph of
+        `ldd-fast export --pipeline --onnx` (to_onnx's result), copied instead of exported again. The rest as
+        write_repository.
     """
     if not isinstance(den, Denoiser) or getattr(den, "encode_prompt", None) is None:
         raise InvalidArgumentType("den must be a Denoiser from lf.from_pipeline (it encodes prompts and decodes)")
@@ -85,8 +87,8 @@ def write_pipeline_repository(den: Denoiser, schedule: Schedule, repo_dir, *, pi
     instances = integer(instances, "instances", 1)
     boolean(force, "force")
     boolean(fp16, "fp16")
-    if backend == "eager" and (fp16 or opset is not None):
-        raise InvalidArgument("fp16 / opset configure the exported graph; backend 'eager' writes none")
+    if backend == "eager" and (fp16 or opset is not None or graph is not None):
+        raise InvalidArgument("fp16 / opset / graph configure the exported graph; backend 'eager' writes none")
     max_queue_delay_us = integer(max_queue_delay_us, "max_queue_delay_us", 0)
     if threads is not None:
         threads = integer(threads, "threads", 1)
@@ -100,15 +102,17 @@ def write_pipeline_repository(den: Denoiser, schedule: Schedule, repo_dir, *, pi
     os.makedirs(version_dir, exist_ok=True)
     config_path = check_output_path(os.path.join(model_dir, "config.pbtxt"), "Triton config")
     files = _copy_pipeline(folder, os.path.join(version_dir, PIPELINE_DIR))
-    graph = None
     if backend == "onnxruntime":
         from ..export import to_onnx, write_pipeline_manifest
 
-        example = den.encode_prompt(["a photograph"])
-        z = torch.zeros(1, *den.sample_shape, device=device)
-        graph = to_onnx(den, schedule, os.path.join(version_dir, GRAPH_FILE), z, solver=plan.solver,
-                        order=plan.order, cond=example, dynamic_batch=True,
-                        dtype=torch.float16 if fp16 else None, opset=opset, force=force, **options)
+        if graph is not None:
+            graph = copy_graph(graph, version_dir, den, schedule, plan, conditional=True, force=force)
+        else:
+            example = den.encode_prompt(["a photograph"])
+            z = torch.zeros(1, *den.sample_shape, device=device)
+            graph = to_onnx(den, schedule, os.path.join(version_dir, GRAPH_FILE), z, solver=plan.solver,
+                            order=plan.order, cond=example, dynamic_batch=True,
+                            dtype=torch.float16 if fp16 else None, opset=opset, force=force, **options)
         files += graph.files + [write_pipeline_manifest(graph, den, pipeline_folder=PIPELINE_DIR,
                                                         components=[k for k in index if not k.startswith("_")])]
     schedule_path = os.path.join(version_dir, SCHEDULE_FILE)

@@ -20,6 +20,7 @@ last, so a Triton server polling the folder never sees a model whose files are s
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -83,7 +84,7 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
                      opset: int | None = None, schedule_as_input: bool = False, force: bool = False,
                      preferred_batch_sizes=None, max_queue_delay_us: int = 1000, threads: int | None = None,
                      fp16: bool = False, native: bool | str = False, tensorrt_options: dict | None = None,
-                     cond=None, **options) -> TritonRepository:
+                     cond=None, graph=None, **options) -> TritonRepository:
     """Write a Triton model repository whose Python-backend model runs `lf.sample(den, z, schedule)`.
 
     Args:
@@ -117,6 +118,8 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
             has that backend. Its inputs and output are the graph's (z, cond..., sample); no seed input, no
             request checks beyond Triton's own.
         tensorrt_options: build_tensorrt's other arguments (strongly_typed, timing_cache, workspace).
+        graph: the sampler's graph exported already (what to_onnx returned, of den, schedule and the solver, with a
+            dynamic batch): copied into the repository instead of exported again (backends onnxruntime, tensorrt).
         cond: for a model conditioned on tensors (prompt embeddings, a dict or tuple of them), an example
             condition with a batch dimension: the repository then takes one input per tensor, named as the
             exported graph's inputs (cond, or cond_0, cond_1, ..., or cond_<key>), each required in every
@@ -163,7 +166,7 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
     device = device_of(device) or next((p.device for p in den.parameters()), torch.device("cpu"))
     if backend == "eager":
         graph_only = {"dtype": dtype is not None, "opset": opset is not None, "schedule_as_input": schedule_as_input,
-                      "fp16": fp16, "native": bool(native)}
+                      "fp16": fp16, "native": bool(native), "graph": graph is not None}
         given = [k for k, v in graph_only.items() if v]
         if given:
             raise InvalidArgument(f"{', '.join(given)} configure(s) the exported graph; backend 'eager' runs "
@@ -172,6 +175,8 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
         raise InvalidArgument(f"fp16 runs the network in float16; dtype={dtype} says otherwise")
     if fp16:
         dtype = torch.float16
+    if graph is not None and getattr(graph, "schedule_as_input", False):
+        schedule_as_input = True  # the given graph takes its tables as inputs
     if native and schedule_as_input:
         raise InvalidArgument("native with schedule_as_input: the schedule's tables would be inputs every client of "
                               "the native model sends; export the schedule baked in")
@@ -199,7 +204,6 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
         check_output_path(os.path.join(version_dir, f), f"Triton model's {f}")
 
     files = []
-    graph = None
     if backend in ("onnxruntime", "tensorrt"):
         from ..export import to_onnx
 
@@ -208,10 +212,13 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
                                   device=device) if conditional else None
         if tensors:
             example_cond = map_cond(lambda c: c[:1].to(device), cond)
-        graph = to_onnx(den, schedule, os.path.join(version_dir, GRAPH_FILE), example_z, solver=plan.solver,
-                        order=plan.order, cond=example_cond, dynamic_batch=True, dtype=dtype, opset=opset,
-                        schedule_as_input=schedule_as_input, force=force, **options)
-        files += [graph.path] + ([graph.data_path] if graph.data_path else [])
+        if graph is not None:  # exported already (export --onnx with --triton-repo): copied, not exported twice
+            graph = copy_graph(graph, version_dir, den, schedule, plan, conditional=conditional, force=force)
+        else:
+            graph = to_onnx(den, schedule, os.path.join(version_dir, GRAPH_FILE), example_z, solver=plan.solver,
+                            order=plan.order, cond=example_cond, dynamic_batch=True, dtype=dtype, opset=opset,
+                            schedule_as_input=schedule_as_input, force=force, **options)
+        files += graph.files
         if backend == "tensorrt":
             from ..export import build_tensorrt
 
@@ -376,6 +383,31 @@ def _copy_diffusers(folder: str, dst: str) -> list[str]:
         atomic_write(target, lambda tmp, src=src: shutil.copyfile(src, tmp))
         out.append(target)
     return out
+
+
+def copy_graph(graph, version_dir: str, den: Denoiser, schedule: Schedule, plan, *, conditional: bool,
+               force: bool):
+    """An exported graph copied to version_dir/sampler.onnx (its data file keeps the name the graph references)
+    after checking that it is this sampler's: the model, the schedule, the solver, a dynamic batch."""
+    from ..export import OnnxExport
+
+    if not isinstance(graph, OnnxExport):
+        raise InvalidArgumentType(f"graph must be what to_onnx returned (an OnnxExport), got {type(graph).__name__}")
+    meta = graph.metadata
+    wrong = [what for what, ok in (
+        ("the model (fingerprint)", force or meta.get("fingerprint") == den.fingerprint()),
+        ("the schedule", meta.get("schedule") == schedule.to_dict()),
+        ("the solver", (meta.get("solver"), meta.get("order")) == (plan.solver, plan.order)),
+        ("a dynamic batch", meta.get("dynamic_batch")),
+        ("the condition input", bool(meta.get("conditional")) == bool(conditional))) if not ok]
+    if wrong:
+        raise InvalidArgument(f"graph {graph.path} is not this repository's sampler: it differs in "
+                              f"{', '.join(wrong)}; export it again or leave graph out")
+    targets = [os.path.join(version_dir, GRAPH_FILE)] + (
+        [os.path.join(version_dir, os.path.basename(graph.data_path))] if graph.data_path else [])
+    for src, target in zip(graph.files, targets):
+        atomic_write(target, lambda tmp, src=src: shutil.copyfile(src, tmp))
+    return dataclasses.replace(graph, path=targets[0], data_path=targets[1] if graph.data_path else None)
 
 
 # ----- the native models --------------------------------------------------------------------------------
