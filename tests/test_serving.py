@@ -154,18 +154,10 @@ def sched(den):
 
 
 @pytest.fixture(scope="module")
-def schedule_file(sched, tmp_path_factory):
-    path = tmp_path_factory.mktemp("serving") / "schedule.json"
-    sched.save(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def cli_repo(schedule_file, tmp_path_factory):
-    """`ldd-fast export --model digits --schedule FILE --triton-repo DIR`: backend onnxruntime, the graph inside."""
-    root = str(tmp_path_factory.mktemp("serving") / "repo")
-    assert main(["export", "--model", "digits", "--schedule", schedule_file, "--triton-repo", root]) == 0
-    return root
+def cli_repo(digits_triton_repo):
+    """`ldd-fast export --model digits --schedule FILE --triton-repo DIR`: backend onnxruntime, the graph inside
+    (conftest.py: once per session)."""
+    return digits_triton_repo
 
 
 @pytest.fixture(scope="module")
@@ -594,19 +586,13 @@ def test_a_pipeline_repository_on_onnxruntime_runs_the_exported_sampler(sd_folde
     assert np.abs(image.astype(int) - own).max() <= 1
 
 
-def test_a_graph_exported_already_is_copied_not_exported_again(cli_repo, den, sched, tmp_path):
+def test_a_graph_exported_already_is_copied_not_exported_again(digits_graph, den, sched, tmp_path):
     """`export --onnx g.onnx --triton-repo R` exports once: the repository takes the graph as it is, after checking
     it is this sampler's (model, schedule, solver, dynamic batch, condition)."""
-    from ldd_fast.export import OnnxExport
-    from ldd_fast.export.onnx_export import artifact_files, read_metadata
-
-    path = os.path.join(cli_repo, NAME, "1", "sampler.onnx")
-    files = artifact_files(path)
-    meta = read_metadata(path)
-    graph = OnnxExport(path, files[1], meta["nfe"], ["z", "cond"], True, False, meta["dtype"], 0, 0, 0, {}, meta)
+    graph = digits_graph
     repo = write_repository(den, sched, tmp_path / "repo", graph=graph, max_batch=4)
     assert sorted(os.listdir(repo.version_dir)) == sorted(["model.py", "sampler.json", "schedule.json",
-                                                           "sampler.onnx", os.path.basename(files[1])])
+                                                           "sampler.onnx", os.path.basename(graph.data_path)])
     model = load_model(repo.model_dir)
     z = noise(2, seed=6)
     [response] = model.execute([Request(z=z.numpy(), cond=labels(1, 2))])

@@ -66,7 +66,7 @@ def sd(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(den, sched, sd, tmp_path_factory):
+def server(den, sched, sd, digits_graph, tmp_path_factory):
     _server_or_skip()
     from ldd_fast.serving import write_pipeline_repository
 
@@ -77,10 +77,10 @@ def server(den, sched, sd, tmp_path_factory):
     write_repository(den, sched, root, name="digits", backend="eager", max_queue_delay_us=300_000, **common)
     write_repository(den, sched, root, name="digits_lone", backend="eager", max_queue_delay_us=0, **common)
     write_repository(den, sched, root, name="digits_onnx", backend="onnxruntime", native="digits_native",
-                     max_queue_delay_us=0, **common)
+                     graph=digits_graph, max_queue_delay_us=0, **common)  # the session's graph (conftest.py)
     # strict=False: digits_native cannot load here (no onnxruntime backend in the wheel's server) and must not
     # stop the others; the models below must be ready.
-    srv = server_module.TritonServer(root, http_port=0, grpc_port=0, metrics_port=0, strict=False, exit_timeout=5)
+    srv = server_module.TritonServer(root, http_port=0, grpc_port=0, metrics_port=0, strict=False, exit_timeout=2)
     srv.start(timeout=240, models=["digits", "digits_lone", "digits_onnx", "sd"])
     yield srv
     srv.stop()
@@ -294,12 +294,12 @@ def test_sigkill_of_the_model_process_under_load(server, den, sched):
 
 
 def test_sigterm_under_load_finishes_the_requests_in_flight(den, sched, tmp_path):
-    """`ldd-fast serve` on a repository whose batcher holds requests up to 2 s: SIGTERM arrives while 3 requests
+    """`ldd-fast serve` on a repository whose batcher holds requests up to 1.5 s: SIGTERM arrives while 3 requests
     wait; all 3 are answered, the command exits 0, and no process of the server is left."""
     _server_or_skip()
     root = tmp_path / "repo"
     write_repository(den, sched, root, name="slow", backend="eager", model="digits", max_batch=8, threads=1,
-                     max_queue_delay_us=2_000_000)
+                     max_queue_delay_us=1_500_000)
     port = server_module.free_port()
     ports = [str(server_module.free_port()) for _ in range(2)]
     cmd = [sys.executable, "-m", "ldd_fast.cli", "serve", "--repo", str(root), "--http-port", str(port),
@@ -326,7 +326,7 @@ def test_sigterm_under_load_finishes_the_requests_in_flight(den, sched, tmp_path
         threads = [threading.Thread(target=one) for _ in range(3)]
         for t in threads:
             t.start()
-        time.sleep(0.7)  # the three wait in the batcher's queue (2 s)
+        time.sleep(0.5)  # the three wait in the batcher's queue (1.5 s)
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)
