@@ -393,3 +393,35 @@ def test_a_model_environment_pins_numpy_below_2_over_this_one(tmp_path):
     assert os.path.dirname(lf.__file__) in out
     with pytest.raises(lf.InvalidArgument, match="exists"):
         server_module.make_model_environment(env)
+
+
+def test_ctrl_c_while_the_models_load_stops_everything(den, sched, tmp_path):
+    """SIGINT (Ctrl-C) before the server is ready: the server is stopped, exit 130, nothing of it left."""
+    _server_or_skip()
+    root = tmp_path / "repo"
+    write_repository(den, sched, root, name="digits", backend="eager", model="digits", max_batch=2, threads=1)
+    cmd = [sys.executable, "-m", "ldd_fast.cli", "serve", "--repo", str(root), "--http-port", "0", "--grpc-port",
+           "0", "--metrics-port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("starting tritonserver"), first
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 130 and "interrupted" in rest, rest
+        left = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                if str(root).encode() in _cmdline(pid)]
+        assert left == [], left
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""

@@ -66,9 +66,7 @@ def run(args) -> int:
     try:
         print(f"starting tritonserver ({server.install.source}: {server.install.binary}) on {args.repo}: models "
               f"{', '.join(server.models)} ...", flush=True)
-        server.start(timeout=args.start_timeout)
-        if stop.is_set():
-            raise KeyboardInterrupt
+        server.start(timeout=args.start_timeout, cancel=stop)  # Ctrl-C while the models load: stopped, exit 130
         ends = server.endpoints
         print(f"ready: http {ends['http']} (v2 API, /v2/health/ready), grpc {ends['grpc']}, metrics "
               f"http://{ends['metrics']}/metrics; tritonserver pid {server.process.pid}, log {server.log_path}",

@@ -244,9 +244,10 @@ class TritonServer:
 
     # ----- life cycle ----------------------------------------------------------------------------
 
-    def start(self, timeout: float = 120.0, models=None) -> "TritonServer":
+    def start(self, timeout: float = 120.0, models=None, cancel: threading.Event | None = None) -> "TritonServer":
         """Start the server and wait until it is ready, and with it `models` (default: every model when strict,
-        none otherwise); Unavailable, with the log's reason, when it is not."""
+        none otherwise); Unavailable, with the log's reason, when it is not. `cancel` set while waiting (Ctrl-C
+        in `ldd-fast serve`) stops the server and raises KeyboardInterrupt."""
         if self.process is not None:
             raise InvalidArgument("this TritonServer is already started")
         self._expect = list(self.models if models is None and self.strict else models or [])
@@ -287,7 +288,7 @@ class TritonServer:
         # Whatever ends this Python process (an exception, exit), the server's group goes with it.
         self._finalizer = weakref.finalize(self, _kill_group, self.process.pid)
         try:
-            self.wait_ready(timeout)
+            self.wait_ready(timeout, cancel)
             if self.watchdog:
                 self.watch()
         except BaseException:
@@ -313,9 +314,11 @@ class TritonServer:
         shutil.copy2(stub, os.path.join(target, "triton_python_backend_stub"))
         return os.path.join(self._work, "backends")
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 120.0, cancel: threading.Event | None = None) -> None:
         deadline = time.monotonic() + timeout
         while True:
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt
             if self.process.poll() is not None:
                 raise Unavailable(f"tritonserver exited with status {self.process.returncode} while starting: "
                                   f"{self.failure()}")
