@@ -50,6 +50,19 @@ OPTIMIZERS = ("ld3", "adam")
 CHECKPOINT = "ld3_checkpoint.safetensors"
 TEACHER_FILE = "teacher.safetensors"
 LD3_SCHEDULE_FILE = "ld3_schedule.json"  # with learned coefficients: LD3's rounds' own best
+# coefficients=True: the form that measured best at NFE <= 4 on the built-in models
+# (benchmarks/results/generalized_solver.md); solvers without it (euler, heun) take "exact".
+DEFAULT_COEFFICIENT_FORM = "generalized"
+# Held-out pairs (learn(heldout=...)): extra teacher pairs from seeds far from the training ones, used by
+# neither training nor selection; they measure the validation -> held-out gap of the result.
+HELDOUT_PAIRS = 16
+# Default teacher pairs (n_train, n_valid): LD3's paper default for the times alone; for the learned solver
+# the pair count of {50+50, 100+100, 200+100} with the lowest held-out RMSE on the built-in EDM model at NFE 4
+# for both DPM-Solver++ 3M and UniPC-3 (benchmarks/results/generalized_solver.md: 0.0683 / 0.0598 / 0.0576
+# and 0.0623 / 0.0619 / 0.0542; validation -> held-out gap +0.008 at 50 + 50, -0.001 at 200 + 100).
+LD3_PAIRS = (50, 50)
+COEFFICIENT_PAIRS = (200, 100)
+HELDOUT_SEED_OFFSET = 1_000_003
 CHECKPOINT_KIND = "LD3 checkpoint"
 # Files of the pickle-based format (ldd-fast 0.1 before issue 9); never read, named in a warning.
 OLD_FILES = ("ld3_checkpoint.pt", "teacher.pt")
@@ -80,10 +93,13 @@ class LD3Config:
     seed: int = 0
     # The learned solver (learn(coefficients=...)): phase 3 learns corrections of the solver's weights on
     # buffered denoiser outputs jointly with xi and xi_c, starting from LD3's best (phases 1-2).
-    coefficients: str | None = None  # None (LD3 only) | "exact" | "relaxed"
+    coefficients: str | None = None  # None (LD3 only) | "exact" | "relaxed" | "generalized"
     rounds_coef: int = 6        # one fewer than LD3's 7: the learned solver (LD3 + these) costs 13/7 = 1.86x LD3
     lr_coef: float = 0.03       # Adam on the corrections (fractions of an update's total output weight)
-    coef_reg: float = 1e-4      # lambda * sum u^2: pulls the corrections toward the base solver
+    # lambda * sum u^2: pulls the corrections toward the base solver. Kept at 1e-4 for the generalized form's
+    # larger weight count too: 1e-3 / 1e-2 raised held-out RMSE (EDM, NFE 4, 100 + 100 pairs, DPM-Solver++ 3M
+    # 0.0598 -> 0.0612 / 0.0685; benchmarks/results/generalized_solver.md).
+    coef_reg: float = 1e-4
     min_lr_coef: float = 1e-4
     coef_joint: bool = True     # phase 3 also updates xi and xi_c (False: the corrections alone, times fixed)
     # "ld3": RMSprop on xi, SGD on xi_c (the paper's); "adam": Adam on both at lr_xi (lr_xi_c if given),
@@ -635,15 +651,18 @@ def _teacher_source(den, teacher, shape, n, seed, out, cond):
 
 
 def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, shape, mode: str = "lambda",
-          teacher=None, n_train: int = 50, n_valid: int = 50, loss="pseudo_huber", decoder=None, cond=None,
+          teacher=None, n_train: int | None = None, n_valid: int | None = None, loss="pseudo_huber", decoder=None,
+          cond=None,
           init: Schedule | str | None = None, out: str | None = None, resume: bool = False, seed: int = 0,
           checkpoint_calls: bool = False, show_progress: bool = True, config: LD3Config | None = None,
-          coefficients: bool | str = False, **solver_options) -> LearnResult:
+          coefficients: bool | str = False, heldout: int | None = None, **solver_options) -> LearnResult:
     """Learn a schedule (t and t_eval) for one model, solver, order and nfe with LD3.
 
     shape: of one sample (e.g. (1, 8, 8)). teacher: a TeacherSpec (default TeacherSpec.default_for the
     noise schedule: UniPC-3, 20 steps, EDM rho = 7, the paper's; for a flow 40 time-quadratic steps), a
     dict of its fields, TeacherData, or the path of a saved teacher file.
+    n_train, n_valid: teacher pairs to learn from and to select the best round with; None: 50 + 50 (LD3,
+    the paper's) or, with coefficients, 200 + 100 (COEFFICIENT_PAIRS: more weights need more pairs).
     cond: conditions (a tensor, or a tuple / dict of tensors such as den.encode_prompt(prompts)), or a
     callable (n, generator) -> such. With one row per pair (n_train + n_valid) they are used in
     order; with P rows otherwise, training pairs cycle over the first P_train of them and validation
@@ -658,18 +677,28 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
     flow-matching grid at several shifts) with the lowest loss on the training pairs.
     out: folder for the teacher pairs, a checkpoint after every round (resume=True continues
     an interrupted run), the schedule and its plots. solver_options: variant, lower_order_final.
-    coefficients: False (LD3: times only), True / "exact" (the learned solver: after LD3's rounds,
-    config.rounds_coef more rounds learn corrections of the solver's weights on buffered denoiser outputs
-    jointly with the times, zero-sum per update so the solver stays exact for a constant denoiser; the
-    best round on the validation pairs wins, LD3's included), or "relaxed" (also a scale of each
-    update's total weight). The schedule then carries `coefficients` (format version 2);
-    result.ld3_schedule (out/ld3_schedule.json) is the best of LD3's rounds in the same run.
+    coefficients: False (LD3: times only), or the learned solver: after LD3's rounds, config.rounds_coef
+    more rounds learn corrections of the solver's weights on denoiser outputs jointly with the times,
+    zero-sum per update so the solver stays exact for a constant denoiser; the best round on the
+    validation pairs wins, LD3's included. "exact": on the outputs the base solver buffers; "generalized"
+    (dpmpp, unipc, ipndm): on every earlier output (GAS's generalized solver); "relaxed": as exact plus a
+    scale of each update's total weight; True: DEFAULT_COEFFICIENT_FORM (generalized; exact for euler and
+    heun), the form that measured best at NFE <= 4. The schedule then carries `coefficients` (format
+    version 2; 3 for generalized); result.ld3_schedule (out/ld3_schedule.json) is the best of LD3's rounds
+    in the same run.
+    heldout: extra teacher pairs that neither training nor selection sees (seeds seed + 1,000,003 on, the
+    same teacher), scored once at the end for the result and LD3's round: schedule.metrics
+    "heldout_hard" / "heldout_hard_ld3", the validation -> held-out gap. None: HELDOUT_PAIRS (16) with
+    coefficients, 0 without. With a teacher given as data, the pairs after n_train + n_valid serve
+    (up to `heldout`); with conditions (cond) none are made.
     mode: "lambda" (the paper's choice for pixel models), "time" (latent models), or "auto": learn
     both (in out/lambda and out/time) and keep the one with the lower validation hard loss; the
     result's history is the winner's, schedule.info["mode_selection"] records both losses.
     """
     _check_learn_arguments(den, solver, order, nfe, shape, mode, teacher, n_train, n_valid, loss, decoder, cond, init,
                            out, resume, seed, checkpoint_calls, show_progress, config, coefficients, solver_options)
+    if heldout is not None:
+        integer(heldout, "heldout", 0)
     if out is not None:
         out = os.fspath(out)
         if os.path.exists(out) and not os.path.isdir(out):
@@ -682,17 +711,20 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
                             n_train=n_train, n_valid=n_valid, loss=loss, decoder=decoder, cond=cond, init=init,
                             out=sub, resume=resume, seed=seed, checkpoint_calls=checkpoint_calls,
                             show_progress=show_progress, config=config, coefficients=coefficients,
-                            **solver_options)
+                            heldout=heldout, **solver_options)
         best = min(runs, key=lambda m: runs[m].schedule.metrics["valid_hard"])
         result = runs[best]
         result.schedule.info["mode_selection"] = {m: r.schedule.metrics["valid_hard"] for m, r in runs.items()}
         if out is not None:
             result.schedule.save(os.path.join(out, "schedule.json"))
         return result
-    if coefficients is True:
-        coefficients = "exact"
-    elif coefficients is False:
-        coefficients = None
+    coefficients = coefficient_form_for(solver, coefficients)
+    learned = bool(coefficients or (config and config.coefficients))
+    if heldout is None:
+        heldout = HELDOUT_PAIRS if learned else 0
+    pairs = COEFFICIENT_PAIRS if learned else LD3_PAIRS
+    n_train = pairs[0] if n_train is None else n_train
+    n_valid = pairs[1] if n_valid is None else n_valid
     cfg = dataclasses.replace(config or LD3Config(), mode=mode, n_train=n_train, n_valid=n_valid, seed=seed,
                               coefficients=coefficients if coefficients is not None else (config or LD3Config()).coefficients)
     cfg.validate()
@@ -717,7 +749,7 @@ def learn(den: Denoiser, *, solver: str, order: int | None = None, nfe: int, sha
         p.requires_grad_(False)
     try:
         result = _learn(den, solver, order, nfe, shape, cfg, teacher, loss, decoder, cond, init, out, resume,
-                        ckpt, checkpoint_calls, show_progress, solver_options)
+                        ckpt, checkpoint_calls, show_progress, solver_options, heldout)
         if split is not None:
             result.schedule.info["conditions"] = split
             if out is not None:
@@ -746,8 +778,9 @@ def _check_learn_arguments(den, solver, order, nfe, shape, mode, teacher, n_trai
     if teacher is not None and not isinstance(teacher, (TeacherSpec, dict, TeacherData, str, os.PathLike)):
         raise InvalidArgumentType(f"teacher must be a TeacherSpec, a dict of its fields, TeacherData or a file path, "
                                   f"got {type(teacher).__name__}")
-    integer(n_train, "n_train", 1)
-    integer(n_valid, "n_valid", 1)
+    for name, v in (("n_train", n_train), ("n_valid", n_valid)):
+        if v is not None:
+            integer(v, name, 1)
     if not callable(loss) and not isinstance(loss, str):
         raise InvalidArgumentType(f"loss must be a loss name or a callable f(x, y) -> [B], got {type(loss).__name__}")
     callable_or_none(decoder, "decoder")
@@ -768,10 +801,61 @@ def _check_learn_arguments(den, solver, order, nfe, shape, mode, teacher, n_trai
     if not isinstance(coefficients, (bool, str)):
         raise InvalidArgumentType(f"coefficients must be False, True or one of {solvers.COEFFICIENT_FORMS}, got "
                                   f"{type(coefficients).__name__}")
+    if isinstance(coefficients, str) and coefficients not in solvers.COEFFICIENT_FORMS:
+        raise InvalidArgument(f"coefficients must be False, True or one of {solvers.COEFFICIENT_FORMS}, "
+                              f"got {coefficients!r:.40}")
+    coefficient_form_for(solver, coefficients)
+
+
+def coefficient_form_for(solver: str, coefficients) -> str | None:
+    """learn()'s `coefficients` as an LD3Config.coefficients: None (LD3), or a form this solver has."""
+    if coefficients is False:
+        return None
+    if coefficients is True:
+        return DEFAULT_COEFFICIENT_FORM if solver in solvers.GENERALIZED_SOLVERS else "exact"
+    string(coefficients, "coefficients", solvers.COEFFICIENT_FORMS)
+    if coefficients == "generalized" and solver not in solvers.GENERALIZED_SOLVERS:
+        raise InvalidArgument(f"coefficients='generalized': solver {solver!r} has no generalized form (it buffers no "
+                              f"history of outputs; {', '.join(solvers.GENERALIZED_SOLVERS)} do); use True, 'exact' "
+                              "or 'relaxed'")
+    return coefficients
+
+
+def _heldout_pairs(den, data, spec, shape, n: int, cfg, cond, show_progress):
+    """The held-out pairs (learn's `heldout`), or None where there are none to score."""
+    need = cfg.n_train + cfg.n_valid
+    if n == 0:
+        return None
+    if spec is None:  # teacher data given: the pairs after training and validation, if any
+        return data.subset(slice(need, need + n)) if len(data) > need else None
+    if cond is not None:
+        return None
+    return make_teacher(den, shape, n, spec=spec, seed=cfg.seed + HELDOUT_SEED_OFFSET, show_progress=show_progress)
+
+
+def _score_heldout(trainer, result: LearnResult, pairs) -> None:
+    """metrics heldout_hard (and heldout_hard_ld3) of the result's schedules on the held-out pairs."""
+    from .sample import sample
+
+    z = pairs.z.to(trainer.device, trainer.dtype)
+    y = trainer._decoded(pairs.y)
+    cond = trainer._cond(pairs, torch.arange(len(pairs)))
+    scores = {}
+    for key, sched in (("heldout_hard", result.schedule), ("heldout_hard_ld3", result.ld3_schedule)):
+        if sched is not None:
+            with torch.no_grad():
+                x = sample(trainer.den, z, sched, cond=cond)
+                scores[key] = trainer.dist(x if trainer.decoder is None else trainer.decoder(x), y).mean().item()
+    result.schedule = result.schedule.replace(metrics={**result.schedule.metrics, **scores},
+                                              info={**result.schedule.info, "heldout_pairs": len(pairs)})
+    if result.ld3_schedule is not None:
+        result.ld3_schedule = result.ld3_schedule.replace(
+            metrics={**result.ld3_schedule.metrics, "heldout_hard": scores["heldout_hard_ld3"]},
+            info={**result.ld3_schedule.info, "heldout_pairs": len(pairs)})
 
 
 def _learn(den, solver, order, nfe, shape, cfg, teacher, loss, decoder, cond, init, out, resume, ckpt,
-           checkpoint_calls, show_progress, solver_options) -> LearnResult:
+           checkpoint_calls, show_progress, solver_options, heldout=0) -> LearnResult:
     if isinstance(init, str) and init != "best":
         raise InvalidArgument(f"init must be a Schedule, None or 'best', got {init!r}")
     n = cfg.n_train + cfg.n_valid
@@ -798,6 +882,9 @@ def _learn(den, solver, order, nfe, shape, cfg, teacher, loss, decoder, cond, in
     if state is not None:
         trainer.load_state_dict(state, where=f"{CHECKPOINT_KIND} file {ckpt}")
     result = trainer.fit()
+    pairs = _heldout_pairs(den, data, spec, shape, heldout, cfg, cond, show_progress)
+    if pairs is not None:
+        _score_heldout(trainer, result, pairs)
     if out is not None:
         result.schedule.save(os.path.join(out, "schedule.json"))
         if result.ld3_schedule is not None:

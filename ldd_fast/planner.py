@@ -51,7 +51,7 @@ from .schedule import Schedule, discretize, hand_made
 from .teacher import TeacherSpec, make_teacher
 
 CANDIDATES = (("euler", 1), ("heun", 2), ("dpmpp", 2), ("dpmpp", 3), ("unipc", 3), ("ipndm", 4))
-LEARN = ("none", "ld3", "coefficients")
+LEARN = ("none", "ld3", "coefficients", "generalized")
 # Backends the planner times by default: compile's first call costs minutes on a CPU (ask for it by name).
 DEFAULT_BACKENDS = ("eager", "triton", "cuda_graph", "onnxruntime", "tensorrt")
 PROBE_NFES = (2, 8)
@@ -157,7 +157,9 @@ def _solver_fields(sched: Schedule) -> dict:
 
 
 def _learned(den, solver, order, nfe, *, kind, cache, shape, show_progress, cond=None) -> list[Schedule]:
-    """LD3's schedule, or with kind "coefficients" the learned solver and LD3's own round of the same run.
+    """LD3's schedule, or with kind "coefficients" / "generalized" the learned solver (lf.learn's default form /
+    the generalized form where the solver has one, else the exact form: Euler and Heun stay as they are) and
+    LD3's own round of the same run.
 
     cond: the selection rows' conditions; lf.learn splits them between its training and validation pairs
     (teacher.pair_conditions: any number of rows). They are part of the cache folder's name: a run over
@@ -168,8 +170,14 @@ def _learned(den, solver, order, nfe, *, kind, cache, shape, show_progress, cond
     name = f"{solver}{order}_nfe{nfe}_{kind}" + ("" if cond is None else f"_cond{digest(cond)[:12]}")
     folder = os.path.join(cache, den.fingerprint()[:16], name)
     res = learn(den, solver=solver, order=order, nfe=nfe, shape=shape, out=folder, resume=True, init="best",
-                coefficients=kind == "coefficients", cond=cond, show_progress=show_progress)
+                coefficients=_coefficients_for(kind, solver), cond=cond, show_progress=show_progress)
     return [res.schedule] + ([res.ld3_schedule] if res.ld3_schedule is not None else [])
+
+
+def _coefficients_for(kind: str, solver: str):
+    if kind == "generalized":
+        return "generalized" if solver in solvers.GENERALIZED_SOLVERS else "exact"
+    return kind == "coefficients"
 
 
 def _conditions(den, cond, n: int, name: str, count: str):
@@ -202,7 +210,8 @@ def plan_sampler(den: Denoiser, *, budget_ms: float, batch: int = 1, max_nfe: in
                  show_progress: bool = True, select_cond=None, eval_cond=None) -> PlanResult:
     """The best sampler of `den` under `budget_ms` per call of `batch` samples on this device (module docstring).
 
-    learn: "none" (hand-made schedules only), "ld3" or "coefficients" (also LD3 / the learned solver for the
+    learn: "none" (hand-made schedules only), "ld3", "coefficients" or "generalized" (also LD3 / the learned
+    solver, in lf.learn's default form / the generalized one where the solver has it, for the
     learn_top best candidates, under learn_seconds in all; needs `cache`, where they are kept by the model's
     fingerprint). metrics: an object with .fd(x) -> {"fd": float} (e.g. ldd_fast.metrics.DigitsMetrics for the
     built-in models), or None. out: folder for plan.json, plan.md, plan.png and the chosen schedule.json.

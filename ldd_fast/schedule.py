@@ -14,8 +14,12 @@ from .errors import (InvalidArgument, InvalidArgumentType, LddFastError, Schedul
 from .io import atomic_write_text, read_json
 from .noise import DTYPE, NoiseSchedule, RectifiedFlow, from_description
 
-FORMAT_VERSION = 2  # written when a schedule holds learned solver coefficients; plain schedules stay version 1
-READ_VERSIONS = (1, 2)
+# Written when a schedule holds learned solver coefficients in the generalized form (weights on every earlier
+# output: a reader of version 2 would misread them); "exact" / "relaxed" coefficients stay version 2 and plain
+# schedules version 1, so older readers keep reading everything they can run.
+FORMAT_VERSION = 3
+COEFFICIENTS_VERSION = {"exact": 2, "relaxed": 2, "generalized": 3}
+READ_VERSIONS = (1, 2, 3)
 KINDS = ("time_uniform", "time_quadratic", "logsnr", "edm")
 KIND_ALIASES = {"karras": "edm"}  # k-diffusion's name for the EDM (Karras et al.) schedule
 FLOW_KINDS = ("flowmatch", "flux")  # the flow-matching pipelines' own grids (rectified flows only)
@@ -114,8 +118,9 @@ class Schedule:
     fingerprint: the model's fingerprint for learned schedules (None: any model).
     coefficients: learned corrections of the solver's weights on buffered denoiser outputs (one list
        per network call, sizes given by the solver's plan: PlanBuilder.correct), or None for the
-       base solver; they need solver and order. coefficient_form: "exact" (zero-sum, the default)
-       or "relaxed". A schedule with coefficients is written as format version 2.
+       base solver; they need solver and order. coefficient_form: "exact" (zero-sum, the default),
+       "relaxed" or "generalized" (zero-sum over every earlier output; dpmpp, unipc, ipndm). A schedule with
+       coefficients is written as format version 2, in the generalized form as version 3.
     origin, metrics, info: free-form description; metrics and info are dicts that code may add
        to (they never change a sample) but that must stay JSON-serialisable.
 
@@ -264,7 +269,7 @@ class Schedule:
         learned = {} if self._coefficients is None else {
             "coefficients": [list(row) for row in self._coefficients], "coefficient_form": self._coefficient_form}
         return {
-            "format_version": FORMAT_VERSION if learned else 1,
+            "format_version": COEFFICIENTS_VERSION[self._coefficient_form] if learned else 1,
             "nfe": self.nfe,
             "t": list(self._t),
             "t_eval": list(self._t_eval),
@@ -293,6 +298,9 @@ class Schedule:
                                 f"{', '.join(map(str, READ_VERSIONS))}, got {version!r:.40}")
         if version == 1 and ("coefficients" in d or "coefficient_form" in d):
             raise ScheduleError("fields 'coefficients' / 'coefficient_form' need format_version 2")
+        form = d.get("coefficient_form", "exact")
+        if version == 2 and form == "generalized":
+            raise ScheduleError("field 'coefficient_form': 'generalized' needs format_version 3")
         unknown = sorted(str(k) for k in d if k not in _FILE_KEYS)
         if unknown:
             raise ScheduleError(f"unknown field(s) {', '.join(repr(k) for k in unknown)[:200]}")

@@ -189,8 +189,8 @@ def test_corrupt_coefficients_are_named_errors(tmp_path):
         lf.Schedule.load(_corrupt(tmp_path, d, solver=None, order=None, variant=None, lower_order_final=None))
     with pytest.raises(lf.ScheduleError, match="fit dpmpp3"):
         lf.Schedule.load(_corrupt(tmp_path, d, solver="dpmpp", variant=None))
-    with pytest.raises(lf.ScheduleError, match="reads versions 1, 2"):
-        lf.Schedule.load(_corrupt(tmp_path, d, format_version=3))
+    with pytest.raises(lf.ScheduleError, match="reads versions 1, 2, 3"):
+        lf.Schedule.load(_corrupt(tmp_path, d, format_version=4))
 
 
 def test_learned_coefficients_never_run_on_another_solver():

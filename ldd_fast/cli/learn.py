@@ -7,10 +7,12 @@ import sys
 
 import torch
 
-from .common import (POSITIVE, SEED, CLIError, check_folder, model_args, needs, pipeline_args,
+from .common import (POSITIVE, SEED, CLIError, check_folder, int_in, model_args, needs, pipeline_args,
                      pipeline_rules, solver_args)
 from .limits import compute_args, setup_compute
 from .load import MIN_PROMPTS_PER_SPLIT, load_denoiser, read_prompts, sample_shape
+
+NONNEGATIVE = int_in(0)
 
 HELP = "learn an LD3 schedule for a model, solver and NFE"
 # A pipeline's default mode, measured (benchmarks/results/pipeline_modes.md, UniPC-3 NFE 6, validation RMSE):
@@ -46,8 +48,10 @@ def add_parser(sub, formatter):
                          "training pairs) or a schedule .json")
     le.add_argument("--loss", default="pseudo_huber", choices=["pseudo_huber", "l2", "l1", "lpips"],
                     help="distance to the teacher samples")
-    le.add_argument("--n-train", type=POSITIVE, default=50, help="teacher pairs to learn from")
-    le.add_argument("--n-valid", type=POSITIVE, default=50, help="teacher pairs that select the best round")
+    le.add_argument("--n-train", type=POSITIVE, default=None,
+                    help="teacher pairs to learn from (default 50; 200 with --coefficients)")
+    le.add_argument("--n-valid", type=POSITIVE, default=None,
+                    help="teacher pairs that select the best round (default 50; 100 with --coefficients)")
     le.add_argument("--teacher-solver", default="unipc", choices=sorted(SOLVERS), help="solver of the teacher")
     le.add_argument("--teacher-order", type=POSITIVE, default=3, help="order of the teacher's solver")
     le.add_argument("--teacher-nfe", type=POSITIVE, help="teacher steps (default: 20; 40 for a flow)")
@@ -55,10 +59,16 @@ def add_parser(sub, formatter):
                     help="teacher discretisation (default: edm, the paper's; time_quadratic for a flow)")
     le.add_argument("--seed", type=SEED, default=0, help="seed of the teacher pairs and of the run")
     le.add_argument("--checkpoint-calls", action="store_true", help="recompute network activations in backward")
-    le.add_argument("--coefficients", nargs="?", const="exact", choices=["exact", "relaxed"],
-                    help="also learn the solver: after LD3's rounds, corrections of its weights on buffered "
-                         "denoiser outputs (exact: zero-sum, exact for a constant denoiser; relaxed: also a scale "
-                         "of each update's total weight). Off by default")
+    le.add_argument("--coefficients", nargs="?", const=True, default=False, metavar="FORM",
+                    choices=["exact", "relaxed", "generalized"],
+                    help="also learn the solver: after LD3's rounds, corrections of its weights on denoiser outputs "
+                         "(exact: on the outputs the solver buffers, zero-sum, exact for a constant denoiser; "
+                         "generalized: on every earlier output, dpmpp / unipc / ipndm; relaxed: also a scale of each "
+                         "update's total weight). Without FORM: the form that measured best at NFE <= 4 "
+                         "(generalized; exact for euler and heun). Off by default")
+    le.add_argument("--heldout", type=NONNEGATIVE, default=None,
+                    help="extra teacher pairs scored once at the end, never trained on or selected with: the "
+                         "validation -> held-out gap (default: 16 with --coefficients, else 0)")
     pipeline_args(le, "needs --prompts")
     le.add_argument("--prompts", help="with --pipeline: a text file, one prompt per line (split between training "
                                       "and validation pairs, disjoint)")
@@ -75,11 +85,14 @@ def validate(args, given) -> None:
 
 def run(args) -> int:
     from ..io import check_output_path
-    from ..learn import CHECKPOINT, learn
+    from ..learn import CHECKPOINT, COEFFICIENT_PAIRS, LD3_PAIRS, learn
     from ..schedule import Schedule
     from ..teacher import TeacherSpec
 
     out = check_output_path(args.out, "--out")
+    pairs = COEFFICIENT_PAIRS if args.coefficients else LD3_PAIRS
+    args.n_train = pairs[0] if args.n_train is None else args.n_train
+    args.n_valid = pairs[1] if args.n_valid is None else args.n_valid
     work = args.work_dir or os.path.splitext(args.out)[0] + "_ld3"
     check_folder(work, "--work-dir")
     init = None if args.init == "uniform" else "best" if args.init == "best" else Schedule.load(args.init)
@@ -116,7 +129,8 @@ def run(args) -> int:
                 mode=mode, teacher=teacher, n_train=args.n_train, n_valid=args.n_valid, loss=args.loss,
                 cond=cond, init=init, out=work, resume=args.resume, seed=args.seed,
                 decoder=den.decode if args.pixel_loss else None, checkpoint_calls=args.checkpoint_calls,
-                coefficients=args.coefficients or False, **({"variant": args.variant} if args.variant else {}))
+                coefficients=args.coefficients, heldout=args.heldout,
+                **({"variant": args.variant} if args.variant else {}))
     schedule = res.schedule
     if args.pipeline:
         schedule = schedule.replace(metrics={**schedule.metrics, **_against_the_pipeline(den, schedule, work, args)})
@@ -125,6 +139,11 @@ def run(args) -> int:
     ld3 = f" (LD3's times alone: {m['valid_hard_ld3']:.4f})" if "valid_hard_ld3" in m else ""
     print(f"learned {args.solver} nfe={args.nfe}: held-out {m['loss']} {m['valid_hard_init']:.4f} -> "
           f"{m['valid_hard']:.4f}{ld3} in {res.stats['seconds']:.0f} s ({res.stats['network_calls']} batched calls)")
+    if "heldout_hard" in m:
+        gap = (f"; LD3's round {m['valid_hard_ld3']:.4f} -> {m['heldout_hard_ld3']:.4f}"
+               if "heldout_hard_ld3" in m else "")
+        print(f"validation -> held-out ({schedule.info['heldout_pairs']} pairs neither trained on nor selected with): "
+              f"{m['valid_hard']:.4f} -> {m['heldout_hard']:.4f}{gap}")
     print(f"schedule: {args.out}; checkpoints, teacher pairs and plots: {work}")
     if args.pipeline:
         print(f"on the {m['pipeline_pairs']} validation pairs (their prompts unseen in training), same seeds, RMSE to "

@@ -44,7 +44,9 @@ def add_parser(sub, formatter):
     pl.add_argument("--backends", default=",".join(DEFAULT_BACKENDS), type=backend_list(BACKENDS),
                     help="backends to time (compile: minutes on a CPU, by name only)")
     pl.add_argument("--learn", default="none", choices=LEARN,
-                    help="also learn LD3 (ld3) or the learned solver (coefficients) for the best candidates")
+                    help="also learn LD3 (ld3) or the learned solver for the best candidates (coefficients: "
+                         "lf.learn's default form; generalized: weights on every earlier output, exact form for "
+                         "euler and heun)")
     pl.add_argument("--learn-top", type=POSITIVE, default=2, help="with --learn: how many candidates to learn for")
     pl.add_argument("--learn-seconds", type=finite_float, default=600.0, help="with --learn: wall-time cap on learning")
     pl.add_argument("--cache", default=os.path.join("ldd_fast_out", "plan_cache"),

@@ -137,7 +137,10 @@ def layout_matches(solver: str, n_times: int, nfe: int) -> bool:
     return n_times == nfe + 1
 
 
-COEFFICIENT_FORMS = ("exact", "relaxed")
+COEFFICIENT_FORMS = ("exact", "relaxed", "generalized")
+# The generalized form weights every earlier output a solver buffers: the multistep solvers' history.
+# Euler buffers nothing and Heun's two slopes belong to one step, so they keep the exact and relaxed forms.
+GENERALIZED_SOLVERS = ("dpmpp", "unipc", "ipndm")
 
 
 def make_plan(noise, t: torch.Tensor, t_eval: torch.Tensor, *, solver: str, order: int | None = None,
@@ -148,7 +151,9 @@ def make_plan(noise, t: torch.Tensor, t_eval: torch.Tensor, *, solver: str, orde
     coefficients: learned corrections of the solver's weights on buffered denoiser outputs, one 1-D
     float64 tensor (or list) per call, as many values as `plan.free` says (PlanBuilder.correct);
     None: the base solver. coefficient_form: "exact" (zero-sum corrections: the solver stays exact for
-    a constant denoiser) or "relaxed" (one more value per update: a scale of its total weight).
+    a constant denoiser), "relaxed" (one more value per update: a scale of its total weight) or
+    "generalized" (dpmpp, unipc, ipndm: the history keeps every earlier output and each update's zero-sum
+    correction spans all of them, as GAS's generalized solver; exact for a constant denoiser).
     """
     spec = get_solver(solver)
     order = resolve_order(spec, order)
@@ -177,6 +182,9 @@ def make_plan(noise, t: torch.Tensor, t_eval: torch.Tensor, *, solver: str, orde
     elif variant is not None:
         raise InvalidArgument(f"solver {solver!r} has no variants, got variant={variant!r}")
     string(coefficient_form, "coefficient_form", COEFFICIENT_FORMS)
+    if coefficient_form == "generalized" and solver not in GENERALIZED_SOLVERS:
+        raise InvalidArgument(f"solver {solver!r} has no generalized coefficient form (it buffers no history of "
+                              f"outputs; {', '.join(GENERALIZED_SOLVERS)} do): use 'exact' or 'relaxed'")
     if coefficients is not None:
         if not isinstance(coefficients, (list, tuple)) or not all(
                 isinstance(c, (torch.Tensor, list, tuple)) for c in coefficients):
@@ -186,4 +194,5 @@ def make_plan(noise, t: torch.Tensor, t_eval: torch.Tensor, *, solver: str, orde
             raise InvalidArgument(f"coefficients: {len(coefficients)} lists for {len(t_eval)} network calls")
         coefficients = [c if isinstance(c, torch.Tensor) else torch.tensor(c, dtype=torch.float64).reshape(-1)
                         for c in coefficients]
-    return spec.build(noise, t, t_eval, corrections=coefficients, relaxed=coefficient_form == "relaxed", **kwargs)
+    return spec.build(noise, t, t_eval, corrections=coefficients, coefficient_form=coefficient_form,
+                      **kwargs)

@@ -11,27 +11,31 @@ half the Taylor-consistent weight, so the local error stays O(h^3) and the
 method is second order. `variant="diffusers"` (default) keeps that update for
 compatibility; `variant="taylor"` doubles the D2 weight and is third order
 (tests/test_convergence.py measures both).
+
+Learned corrections (PlanBuilder.correct) act on the buffered data predictions: m1..m_{p-1}, or in the
+generalized form every earlier D (the history then holds all of them until the last step).
 """
 from __future__ import annotations
 
 import torch
 
-from ..plan import PlanBuilder, StepTimes, shift_history, step_orders
+from ..plan import PlanBuilder, StepTimes, history_keep, shift_history, step_orders
 
 VARIANTS = ("diffusers", "taylor")
 
 
 def plan(noise, t, t_eval, *, order: int = 2, lower_order_final: bool = True, final: str = "t_min",
-         variant: str = "diffusers", corrections=None, relaxed: bool = False):
+         variant: str = "diffusers", corrections=None, coefficient_form: str = "exact"):
     st = StepTimes(noise, t, final)
     b = PlanBuilder(t, t_eval, "dpmpp", order,
-                    {"lower_order_final": lower_order_final, "final": final, "variant": variant}, corrections, relaxed)
+                    {"lower_order_final": lower_order_final, "final": final, "variant": variant}, corrections,
+                    coefficient_form)
     orders = step_orders(st.n, order, lower_order_final, first=st.first_history)
     d2_weight = 2.0 if variant == "taylor" else 1.0
     lam = st.lam
     for i in range(st.n):
         m0 = b.call("x")
-        keep = orders[i + 1] - 1 if i + 1 < st.n else 0
+        keep = history_keep(b, i, st.n, orders[i + 1] - 1 if i + 1 < st.n else 0, st.first_history)
         history = shift_history(b, m0, keep)
         if st.lands_on_zero(i):
             b.update(x=m0)
@@ -53,6 +57,7 @@ def plan(noise, t, t_eval, *, order: int = 2, lower_order_final: bool = True, fi
             phi_2 = phi_1 / h + 1.0
             phi_3 = phi_2 / h - 0.5
             x_next = x_next + (alpha_t * phi_2) * d1 - (d2_weight * alpha_t * phi_3) * d2
-        x_next = x_next + b.correct(st.d_weight(i), [m0] + [b.reg(f"m{k}") for k in range(1, p)])
+        outputs = b.buffered(m0, p)
+        x_next = x_next + b.correct(st.d_weight(i), outputs, b.positions(lam, i, len(outputs)), h)
         b.update(x=x_next, **history)
     return b.build()

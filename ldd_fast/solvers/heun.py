@@ -13,9 +13,10 @@ from __future__ import annotations
 from ..plan import PlanBuilder, StepTimes
 
 
-def plan(noise, t, t_eval, *, order: int = 2, final: str = "t_min", corrections=None, relaxed: bool = False):
+def plan(noise, t, t_eval, *, order: int = 2, final: str = "t_min", corrections=None,
+         coefficient_form: str = "exact"):
     st = StepTimes(noise, t, final)
-    b = PlanBuilder(t, t_eval, "heun", order, {"final": final}, corrections, relaxed)
+    b = PlanBuilder(t, t_eval, "heun", order, {"final": final}, corrections, coefficient_form)
     for i in range(st.n):
         d_cur = b.call("x")
         if st.lands_on_zero(i):

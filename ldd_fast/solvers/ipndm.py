@@ -6,7 +6,7 @@ lower-order warm-up (orders 1, 2, 3 on the first steps).
 """
 from __future__ import annotations
 
-from ..plan import Lin, PlanBuilder, StepTimes, lin_sum, shift_history, step_orders
+from ..plan import PlanBuilder, StepTimes, history_keep, lin_sum, shift_history, step_orders
 
 AB_WEIGHTS = {
     1: (1.0,),
@@ -17,10 +17,10 @@ AB_WEIGHTS = {
 
 
 def plan(noise, t, t_eval, *, order: int = 4, lower_order_final: bool = True, final: str = "t_min",
-         corrections=None, relaxed: bool = False):
+         corrections=None, coefficient_form: str = "exact"):
     st = StepTimes(noise, t, final)
     b = PlanBuilder(t, t_eval, "ipndm", order, {"lower_order_final": lower_order_final, "final": final},
-                    corrections, relaxed)
+                    corrections, coefficient_form)
     orders = step_orders(st.n, order, lower_order_final)
     for i in range(st.n):
         d = b.call("x")
@@ -30,11 +30,12 @@ def plan(noise, t, t_eval, *, order: int = 4, lower_order_final: bool = True, fi
         s_cur, s_next = st.level[i], st.level[i + 1]
         x_cur = b.reg("x") / st.scale[i]
         eps = (x_cur - d) / s_cur
-        keep = orders[i + 1] - 1 if i + 1 < st.n else 0
+        keep = history_keep(b, i, st.n, orders[i + 1] - 1 if i + 1 < st.n else 0)
+        eps_all = b.buffered(eps, orders[i], prefix="e")  # generalized: every earlier eps, not only the AB ones
         history = shift_history(b, eps, keep, prefix="e")
-        eps_all: list[Lin] = [eps] + [b.reg(f"e{k}") for k in range(1, orders[i])]
         slope = lin_sum(w * e for w, e in zip(AB_WEIGHTS[orders[i]], eps_all))
         # Learned weights act on the buffered eps (constant along the exact path of a constant denoiser).
         x_next = st.scale[i + 1] * (x_cur + (s_next - s_cur) * slope)
-        b.update(x=x_next + b.correct(st.scale[i + 1] * (s_next - s_cur), eps_all), **history)
+        at = b.positions(st.level, i, len(eps_all))
+        b.update(x=x_next + b.correct(st.scale[i + 1] * (s_next - s_cur), eps_all, at, s_next - s_cur), **history)
     return b.build()

@@ -12,12 +12,16 @@ with the sign conventions of the data-prediction form, hh = -h). As in the
 authors' and diffusers' code, UniP-2 uses rho = 1/2 and UniC-1 uses rho = 1/2.
 Everything is built with torch.stack / torch.linalg.solve so that gradients
 reach every time step (the LD3 authors' torch.tensor([...]) cut them).
+
+Learned corrections (PlanBuilder.correct) act on both updates: the corrector's on m_i and the p_{i-1}
+outputs it uses, the predictor's on m_i and its p_i - 1; in the generalized form both on every earlier
+output (the history m1, m2, ... then holds all of them until the last step).
 """
 from __future__ import annotations
 
 import torch
 
-from ..plan import Lin, PlanBuilder, StepTimes, lin_sum, step_orders
+from ..plan import Lin, PlanBuilder, StepTimes, history_keep, lin_sum, step_orders
 
 VARIANTS = ("bh1", "bh2")
 
@@ -61,10 +65,11 @@ def _update(st: StepTimes, s: int, x: Lin, m0: Lin, past: list[Lin], variant: st
 
 
 def plan(noise, t, t_eval, *, order: int = 3, lower_order_final: bool = True, final: str = "t_min",
-         variant: str = "bh2", corrections=None, relaxed: bool = False):
+         variant: str = "bh2", corrections=None, coefficient_form: str = "exact"):
     st = StepTimes(noise, t, final)
     b = PlanBuilder(t, t_eval, "unipc", order,
-                    {"lower_order_final": lower_order_final, "final": final, "variant": variant}, corrections, relaxed)
+                    {"lower_order_final": lower_order_final, "final": final, "variant": variant}, corrections,
+                    coefficient_form)
     orders = step_orders(st.n, order, lower_order_final, first=st.first_history)
     for i in range(st.n):
         m_i = b.call("x")
@@ -74,18 +79,24 @@ def plan(noise, t, t_eval, *, order: int = 3, lower_order_final: bool = True, fi
             p = orders[i - 1]
             past = [b.reg(f"m{k}") for k in range(2, p + 1)]
             x_c = _update(st, i - 1, b.reg("xc"), b.reg("m1"), past, variant, m_t=m_i)
-            x_c = x_c + b.correct(st.d_weight(i - 1), [m_i, b.reg("m1")] + past)
+            outputs = b.buffered(m_i, p + 1)
+            x_c = x_c + b.correct(st.d_weight(i - 1), outputs, b.positions(st.lam, i, len(outputs)),
+                                  st.lam[i] - st.lam[i - 1])
         if st.lands_on_zero(i):
             b.update(x=m_i)
             continue
         # UniP: predict x_{i+1} from the corrected state.
         p = orders[i]
         past = [b.reg(f"m{k}") for k in range(1, p)]
-        x_next = _update(st, i, x_c, m_i, past, variant, m_t=None) + b.correct(st.d_weight(i), [m_i] + past)
+        outputs = b.buffered(m_i, p)
+        x_next = _update(st, i, x_c, m_i, past, variant, m_t=None) + b.correct(
+            st.d_weight(i), outputs, b.positions(st.lam, i, len(outputs)), st.lam[i + 1] - st.lam[i])
         if i == st.n - 1:
             b.update(x=x_next)
             continue
-        hist = [m_i] + [b.reg(f"m{k}") for k in range(1, p)]
+        # The corrector of step i + 1 needs p outputs (this one and p - 1 earlier); generalized: all so far.
+        keep = history_keep(b, i, st.n, p, st.first_history)
+        hist = [m_i] + [b.reg(f"m{k}") for k in range(1, keep)]
         if i < st.first_history:  # the output at t = 1 is not history, and there is no corrector to feed
             b.update(x=x_next)
             continue
