@@ -25,6 +25,7 @@ import ldd_fast as lf
 from ldd_fast.serving import write_repository
 from ldd_fast.teacher import noise_for
 
+from test_serving import den, sched  # noqa: F401 - the digits model and the schedule its repositories serve
 from tolerances import TOL
 
 server_module = pytest.importorskip("ldd_fast.serving.server")
@@ -40,16 +41,6 @@ def _server_or_skip():
         server_module.check_model_environment(sys.prefix)
     except lf.LddFastError as e:  # no binary here (not Linux x86-64, or the serve extra missing) or numpy >= 2
         pytest.skip(f"no real Triton server here: {e}")
-
-
-@pytest.fixture(scope="module")
-def den():
-    return lf.zoo.load("digits")
-
-
-@pytest.fixture(scope="module")
-def sched(den):
-    return lf.discretize(den.noise, 4, "logsnr").replace(solver="unipc", order=3)
 
 
 @pytest.fixture(scope="module")
