@@ -74,7 +74,8 @@ def server(den, sched, sd, digits_graph, tmp_path_factory):
                      graph=digits_graph, max_queue_delay_us=0, **common)  # the session's graph (conftest.py)
     # strict=False: digits_native cannot load here (no onnxruntime backend in the wheel's server) and must not
     # stop the others; the models below must be ready.
-    srv = server_module.TritonServer(root, http_port=0, grpc_port=0, metrics_port=0, strict=False, exit_timeout=2)
+    srv = server_module.TritonServer(root, http_port=0, grpc_port=0, metrics_port=0, strict=False, exit_timeout=2,
+                                     log=root.parent / "tritonserver.log")  # in pytest's folder, not /tmp
     srv.start(timeout=240, models=["digits", "digits_lone", "digits_onnx", "sd"])
     yield srv
     srv.stop()
@@ -395,7 +396,7 @@ def test_ctrl_c_while_the_models_load_stops_everything(den, sched, tmp_path):
     root = tmp_path / "repo"
     write_repository(den, sched, root, name="digits", backend="eager", model="digits", max_batch=2, threads=1)
     cmd = [sys.executable, "-m", "ldd_fast.cli", "serve", "--repo", str(root), "--http-port", "0", "--grpc-port",
-           "0", "--metrics-port", "0"]
+           "0", "--metrics-port", "0", "--log", str(tmp_path / "tritonserver.log")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         first = proc.stdout.readline()
