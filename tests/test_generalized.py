@@ -14,7 +14,7 @@ import ldd_fast as lf
 from ldd_fast import solvers
 from ldd_fast.analytic import gaussian_problem
 
-from test_learned_solver import ConstantDenoiser, _base, _exact_constant, _held_out_loss, _mixture_teacher
+from test_learned_solver import _base, _held_out_loss, _mixture_teacher, constant_problem
 from tolerances import TOL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -97,12 +97,7 @@ def test_euler_and_heun_have_no_generalized_form():
 @pytest.mark.parametrize("solver,order,variant", GENERALIZED, ids=IDS)
 def test_constant_denoiser_stays_exact(noise, solver, order, variant):
     noise = NOISES[noise]
-    g = torch.Generator().manual_seed(1)
-    c = torch.randn(5, generator=g, dtype=torch.float64)
-    den = lf.Denoiser(ConstantDenoiser(c), noise, prediction="x0", time_input="t")
-    z = torch.randn(4, 5, generator=g, dtype=torch.float64)
-    exact = _exact_constant(noise, c, z, noise.t_min)
-    scale = float(exact.abs().max())
+    den, z, exact, scale = constant_problem(noise)
     for seed in range(2):
         learned = _generalized(_base(noise, solver, order, variant, nfe=5), scale=1.0, seed=seed)
         assert (lf.sample(den, z, learned) - exact).abs().max() <= TOL["fp64_same_math"] * scale * 10

@@ -59,6 +59,16 @@ def _exact_constant(noise, c, z, t_end):
     return (s_lo / s_hi) * z * noise.prior_scale + (a_lo - s_lo * a_hi / s_hi) * c
 
 
+def constant_problem(noise):
+    """(a constant denoiser D = c, noise z, the exact sample at t_min, its scale), float64, seeded."""
+    g = torch.Generator().manual_seed(1)
+    c = torch.randn(5, generator=g, dtype=torch.float64)
+    den = lf.Denoiser(ConstantDenoiser(c), noise, prediction="x0", time_input="t")
+    z = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    exact = _exact_constant(noise, c, z, noise.t_min)
+    return den, z, exact, float(exact.abs().max())
+
+
 # ---------------------------------------------------------------------------------------------
 # The plan
 
@@ -97,13 +107,8 @@ def test_free_weights_per_solver():
 @pytest.mark.parametrize("solver,order,variant", CONFIGS, ids=IDS)
 def test_exact_corrections_keep_a_constant_denoiser_exact(noise, solver, order, variant):
     noise = NOISES[noise]
-    g = torch.Generator().manual_seed(1)
-    c = torch.randn(5, generator=g, dtype=torch.float64)
-    den = lf.Denoiser(ConstantDenoiser(c), noise, prediction="x0", time_input="t")
-    z = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    den, z, exact, scale = constant_problem(noise)
     sched = _base(noise, solver, order, variant)
-    exact = _exact_constant(noise, c, z, noise.t_min)
-    scale = float(exact.abs().max())
     for seed in range(3):
         learned = _learned(sched, "exact", scale=1.0, seed=seed)
         out = lf.sample(den, z, learned)

@@ -422,20 +422,17 @@ class TritonServer:
         """The Python-backend stub processes of this server (of one model, if named), from /proc."""
         if not self.running:
             return []
+        prefix = None if model is None else os.path.join(self.repo, model, "").encode()
         out = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
+        for pid in group_alive(self.process.pid):
             try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
                     argv = f.read().split(b"\0")
-                if os.getpgid(int(entry)) != self.process.pid:
-                    continue
             except OSError:
                 continue
             if len(argv) > 1 and argv[0].endswith(b"triton_python_backend_stub") and (
-                    model is None or argv[1].startswith(os.path.join(self.repo, model, "").encode())):
-                out.append(int(entry))
+                    prefix is None or argv[1].startswith(prefix)):
+                out.append(pid)
         return out
 
     # ----- the watchdog --------------------------------------------------------------------------
@@ -498,7 +495,7 @@ class TritonServer:
 
 
 def group_alive(pgid: int) -> list[int]:
-    """Processes still in the process group pgid."""
+    """Processes still in the process group pgid (zombies left out), from /proc."""
     alive = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():

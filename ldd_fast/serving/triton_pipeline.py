@@ -19,7 +19,6 @@ are fixed per repository. Video pipelines are refused (their output is frames, n
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -27,12 +26,12 @@ import torch
 
 from .._version import __version__
 from ..denoiser import Denoiser
-from ..errors import InvalidArgument, InvalidArgumentType, boolean, integer, path_like, string
-from ..io import atomic_write_bytes, atomic_write_text, check_output_path, read_json
+from ..errors import InvalidArgument, InvalidArgumentType, boolean, device_of, path_like, string
+from ..io import check_output_path, read_json
 from ..sample import plan_for, sampler_options
 from ..schedule import Schedule
-from .triton_repository import (GRAPH_FILE, MODEL_FILE, SAMPLER_FILE, SCHEDULE_FILE, VERSION, TritonRepository,
-                                _dims, _preferred, _text, check_model_name, copy_graph, serving_lines)
+from .triton_repository import (GRAPH_FILE, SAMPLER_FILE, SCHEDULE_FILE, VERSION, TritonRepository, _dims, _text,
+                                copy_graph, instance_kind, serving_args, serving_lines, write_version)
 
 PIPELINE_BACKENDS = ("eager", "onnxruntime")
 PIPELINE_DIR = "pipeline"
@@ -81,21 +80,16 @@ def write_pipeline_repository(den: Denoiser, schedule: Schedule, repo_dir, *, pi
         raise InvalidArgument(f"pipeline_args: unknown {unknown}; lf.from_pipeline arguments here: "
                               f"{', '.join(FROM_PIPELINE_ARGS)}")
     pipeline_args.update(height=den.height, width=den.width)
-    check_model_name(name)
+    max_batch, instances, preferred, max_queue_delay_us, threads = serving_args(
+        name, max_batch, instances, preferred_batch_sizes, max_queue_delay_us, threads)
     string(backend, "backend", PIPELINE_BACKENDS)
-    max_batch = integer(max_batch, "max_batch", 1)
-    instances = integer(instances, "instances", 1)
     boolean(force, "force")
     boolean(fp16, "fp16")
     if backend == "eager" and (fp16 or opset is not None or graph is not None):
         raise InvalidArgument("fp16 / opset / graph configure the exported graph; backend 'eager' writes none")
-    max_queue_delay_us = integer(max_queue_delay_us, "max_queue_delay_us", 0)
-    if threads is not None:
-        threads = integer(threads, "threads", 1)
-    preferred = _preferred(preferred_batch_sizes, max_batch)
     options = sampler_options(options)
     plan = plan_for(den, schedule, solver=solver, order=order, force=force, **options)
-    device = torch.device(device) if device is not None else next(den.parameters()).device
+    device = device_of(device) or next(den.parameters()).device
 
     model_dir = os.path.join(root, name)
     version_dir = os.path.join(model_dir, VERSION)
@@ -115,9 +109,6 @@ def write_pipeline_repository(den: Denoiser, schedule: Schedule, repo_dir, *, pi
                             dtype=torch.float16 if fp16 else None, opset=opset, force=force, **options)
         files += graph.files + [write_pipeline_manifest(graph, den, pipeline_folder=PIPELINE_DIR,
                                                         components=[k for k in index if not k.startswith("_")])]
-    schedule_path = os.path.join(version_dir, SCHEDULE_FILE)
-    schedule.save(schedule_path)
-    files.append(schedule_path)
     spec = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "ldd_fast": __version__, "backend": backend,
         "graph": GRAPH_FILE if graph is not None else None, "pipeline": PIPELINE_DIR, "class": cls_name,
@@ -126,15 +117,9 @@ def write_pipeline_repository(den: Denoiser, schedule: Schedule, repo_dir, *, pi
         "sample_shape": list(den.sample_shape), "image": [den.height, den.width, 3], "max_batch": max_batch,
         "max_prompt_chars": MAX_PROMPT_CHARS, "fingerprint": den.fingerprint(), "threads": threads,
     }
-    sampler_path = os.path.join(version_dir, SAMPLER_FILE)
-    atomic_write_text(sampler_path, json.dumps(spec, indent=1) + "\n")
-    model_path = os.path.join(version_dir, MODEL_FILE)
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton_pipeline_model.py"), "rb") as f:
-        atomic_write_bytes(model_path, f.read())
-    kind = "KIND_GPU" if device.type == "cuda" else "KIND_CPU"
-    atomic_write_text(config_path, _config(name, spec, schedule, max_batch=max_batch, instances=instances, kind=kind,
-                                           preferred=preferred, delay_us=max_queue_delay_us))
-    files += [sampler_path, model_path, config_path]
+    files += write_version(version_dir, config_path, schedule, spec, "triton_pipeline_model.py",
+                           _config(name, spec, schedule, max_batch=max_batch, instances=instances,
+                                   kind=instance_kind(device), preferred=preferred, delay_us=max_queue_delay_us))
     return TritonRepository(root, model_dir, config_path, version_dir, tuple(files), graph, spec)
 
 

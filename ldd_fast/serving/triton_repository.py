@@ -131,16 +131,12 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
     if not isinstance(schedule, Schedule):
         raise InvalidArgumentType(f"schedule must be an lf.Schedule, got {type(schedule).__name__}")
     root = os.path.abspath(path_like(repo_dir, "repo_dir"))
-    check_model_name(name)
+    max_batch, instances, preferred, max_queue_delay_us, threads = serving_args(
+        name, max_batch, instances, preferred_batch_sizes, max_queue_delay_us, threads)
     string(backend, "backend", BACKENDS)
-    max_batch = integer(max_batch, "max_batch", 1)
-    instances = integer(instances, "instances", 1)
     optional_boolean(conditional, "conditional")
     boolean(schedule_as_input, "schedule_as_input")
     boolean(force, "force")
-    max_queue_delay_us = integer(max_queue_delay_us, "max_queue_delay_us", 0)
-    if threads is not None:
-        threads = integer(threads, "threads", 1)
     boolean(fp16, "fp16")
     if not isinstance(native, (bool, str)):
         raise InvalidArgumentType(f"native must be a bool or a model name, got {type(native).__name__}")
@@ -151,7 +147,6 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
         raise InvalidArgumentType(f"tensorrt_options must be a dict, got {type(tensorrt_options).__name__}")
     if tensorrt_options and backend != "tensorrt":
         raise InvalidArgument("tensorrt_options configure the engine of backend 'tensorrt'")
-    preferred = _preferred(preferred_batch_sizes, max_batch)
     if model is not None:
         string(model, "model")
     if dtype is not None and not isinstance(dtype, torch.dtype):
@@ -229,12 +224,9 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
     elif "diffusers" in source:
         files += _copy_diffusers(model, os.path.join(version_dir, DIFFUSERS_DIR))
     elif "builtin" in source:  # the weights travel with the repository, not with the serving machine's ldd-fast
-        files += _copy_files(weight_files(source["builtin"]), os.path.join(version_dir, DIFFUSERS_DIR))
+        files += copy_files((f, os.path.join(version_dir, DIFFUSERS_DIR, os.path.basename(f)))
+                            for f in weight_files(source["builtin"]))
         source["weights"] = DIFFUSERS_DIR
-    schedule_path = os.path.join(version_dir, SCHEDULE_FILE)
-    schedule.save(schedule_path)
-    files.append(schedule_path)
-
     sampler = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "ldd_fast": __version__,
         "backend": backend, "graph": GRAPH_FILE if graph is not None else None,
@@ -245,20 +237,46 @@ def write_repository(den: Denoiser, schedule: Schedule, repo_dir, *, model: str 
         "condition": tensors,
         "null_label": null_label, "max_batch": max_batch, "fingerprint": den.fingerprint(), "threads": threads,
     }
-    sampler_path = os.path.join(version_dir, SAMPLER_FILE)
-    atomic_write_text(sampler_path, json.dumps(sampler, indent=1) + "\n")
-    model_path = os.path.join(version_dir, MODEL_FILE)
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton_model.py"), "rb") as f:
-        atomic_write_bytes(model_path, f.read())
-    kind = "KIND_GPU" if device.type == "cuda" else "KIND_CPU"
-    atomic_write_text(config_path, config_text(name, sampler, schedule, max_batch=max_batch, instances=instances,
-                                               kind=kind, preferred=preferred, delay_us=max_queue_delay_us))
-    files += [sampler_path, model_path, config_path]
+    kind = instance_kind(device)
+    files += write_version(version_dir, config_path, schedule, sampler, "triton_model.py",
+                           config_text(name, sampler, schedule, max_batch=max_batch, instances=instances, kind=kind,
+                                       preferred=preferred, delay_us=max_queue_delay_us))
     if native_name:
         files += write_native(root, native_name, backend, graph, os.path.join(version_dir, ENGINE_FILE),
                               max_batch=max_batch, instances=instances, kind=kind, preferred=preferred,
                               delay_us=max_queue_delay_us)
     return TritonRepository(root, model_dir, config_path, version_dir, tuple(files), graph, sampler)
+
+
+def serving_args(name, max_batch, instances, preferred_batch_sizes, max_queue_delay_us, threads):
+    """The checked arguments every repository writer takes: (max_batch, instances, preferred batch sizes, queue
+    delay, threads)."""
+    check_model_name(name)
+    max_batch = integer(max_batch, "max_batch", 1)
+    instances = integer(instances, "instances", 1)
+    max_queue_delay_us = integer(max_queue_delay_us, "max_queue_delay_us", 0)
+    threads = None if threads is None else integer(threads, "threads", 1)
+    return max_batch, instances, _preferred(preferred_batch_sizes, max_batch), max_queue_delay_us, threads
+
+
+def instance_kind(device: torch.device) -> str:
+    return "KIND_GPU" if device.type == "cuda" else "KIND_CPU"
+
+
+def write_version(version_dir: str, config_path: str, schedule: Schedule, spec: dict, template: str,
+                  config: str) -> list[str]:
+    """The files every repository version ends with: schedule.json, sampler.json (`spec`), model.py (the
+    `template` beside this file, copied verbatim), and config.pbtxt last, so a server polling the repository
+    never sees a model whose files are still being written."""
+    schedule_path = os.path.join(version_dir, SCHEDULE_FILE)
+    schedule.save(schedule_path)
+    sampler_path = os.path.join(version_dir, SAMPLER_FILE)
+    atomic_write_text(sampler_path, json.dumps(spec, indent=1) + "\n")
+    model_path = os.path.join(version_dir, MODEL_FILE)
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), template), "rb") as f:
+        atomic_write_bytes(model_path, f.read())
+    atomic_write_text(config_path, config)
+    return [schedule_path, sampler_path, model_path, config_path]
 
 
 def _preferred(sizes, max_batch: int) -> list[int]:
@@ -349,14 +367,20 @@ def _model_source(den: Denoiser, model: str | None) -> dict:
                           f"(module:factory): use backend 'onnxruntime'")
 
 
-def _copy_files(paths, dst: str) -> list[str]:
-    os.makedirs(dst, exist_ok=True)
-    out = []
-    for src in paths:
-        target = os.path.join(dst, os.path.basename(src))
+def copy_files(pairs) -> list[str]:
+    """Copy each (source, target) file, written atomically (its folder made); returns the targets."""
+    pairs = list(pairs)
+    for src, target in pairs:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
         atomic_write(target, lambda tmp, src=src: shutil.copyfile(src, tmp))
-        out.append(target)
-    return out
+    return [target for _, target in pairs]
+
+
+def _graph_copies(graph, folder: str, name: str) -> list[tuple[str, str]]:
+    """(source, target) of an exported graph renamed folder/name; its data file keeps the name the graph
+    references."""
+    data = [(graph.data_path, os.path.join(folder, os.path.basename(graph.data_path)))] if graph.data_path else []
+    return [(graph.path, os.path.join(folder, name))] + data
 
 
 def _sub(folder: str, part: str) -> str:
@@ -375,14 +399,7 @@ def _copy_diffusers(folder: str, dst: str) -> list[str]:
     if not any(".safetensors" in n for _, n, _ in wanted):
         raise InvalidArgument(f"model {folder}: no safetensors weights (diffusion_pytorch_model.safetensors) in "
                               f"{unet_dir}")
-    out = []
-    for src_dir, file, part in wanted:
-        os.makedirs(os.path.join(dst, part), exist_ok=True)
-        target = os.path.join(dst, part, file)
-        src = os.path.join(src_dir, file)
-        atomic_write(target, lambda tmp, src=src: shutil.copyfile(src, tmp))
-        out.append(target)
-    return out
+    return copy_files((os.path.join(src_dir, file), os.path.join(dst, part, file)) for src_dir, file, part in wanted)
 
 
 def copy_graph(graph, version_dir: str, den: Denoiser, schedule: Schedule, plan, *, conditional: bool,
@@ -403,10 +420,7 @@ def copy_graph(graph, version_dir: str, den: Denoiser, schedule: Schedule, plan,
     if wrong:
         raise InvalidArgument(f"graph {graph.path} is not this repository's sampler: it differs in "
                               f"{', '.join(wrong)}; export it again or leave graph out")
-    targets = [os.path.join(version_dir, GRAPH_FILE)] + (
-        [os.path.join(version_dir, os.path.basename(graph.data_path))] if graph.data_path else [])
-    for src, target in zip(graph.files, targets):
-        atomic_write(target, lambda tmp, src=src: shutil.copyfile(src, tmp))
+    targets = copy_files(_graph_copies(graph, version_dir, GRAPH_FILE))
     return dataclasses.replace(graph, path=targets[0], data_path=targets[1] if graph.data_path else None)
 
 
@@ -448,15 +462,8 @@ def write_native(root: str, name: str, backend: str, graph, engine_path: str, *,
     version_dir = os.path.join(root, name, VERSION)
     os.makedirs(version_dir, exist_ok=True)
     config_path = check_output_path(os.path.join(root, name, "config.pbtxt"), "native Triton config")
-    copies = [(engine_path, file)] if backend == "tensorrt" else [(graph.path, file)]
-    if backend == "onnxruntime" and graph.data_path:
-        # the graph names its weights file by its own base name: it keeps that name beside model.onnx
-        copies.append((graph.data_path, os.path.basename(graph.data_path)))
-    files = []
-    for src, target_name in copies:
-        target = os.path.join(version_dir, target_name)
-        atomic_write(target, lambda tmp, src=src: shutil.copyfile(src, tmp))
-        files.append(target)
+    files = copy_files([(engine_path, os.path.join(version_dir, file))] if backend == "tensorrt"
+                       else _graph_copies(graph, version_dir, file))
 
     def tensor(v):
         # a per-row scalar (class labels [B]) is dims [1] to Triton, reshaped to the graph's [] per row
